@@ -1,0 +1,32 @@
+# genrecast - see README.md. `make demo` and `make test` each start with `make setup`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CONF ?= conf/local.yaml
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(CURDIR)/$(PY)
+
+.PHONY: setup test lint demo ingest bench bench-ingest clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check lib jobs tests bench
+
+ingest: setup
+	$(VENV)/bin/genrecast ingest --conf $(CONF)
+
+demo: setup
+	@bash scripts/demo.sh $(CONF)
+
+bench: bench-ingest
+
+bench-ingest: setup
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf data/genrecast bench/out

@@ -1,0 +1,5 @@
+import sys
+
+from genrecast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""Configuration: one YAML file plus ``GENRECAST__SECTION__KEY=value`` environment overrides.
+
+Everything is validated at start-up; an unknown key, a wrong type or a missing file raises
+:class:`~genrecast.errors.ConfigError` with one line that names the key (or file).
+Credentials are never configuration: S3 access uses the boto3 / AWS credential chain only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genrecast.errors import ConfigError
+
+ENV_PREFIX = "GENRECAST__"
+DEFAULT_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SparkConf(_Section):
+    master: str = "local[2]"
+    app_name: str = "genrecast"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class S3Conf(_Section):
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class StorageConf(_Section):
+    root: str = "data/genrecast"
+    s3: S3Conf = Field(default_factory=S3Conf)
+
+
+class CatalogueConf(_Section):
+    audio_uri: str = "data/catalogue/audio"
+    labels_uri: str | None = "data/catalogue/labels.csv"
+
+
+class AudioConf(_Section):
+    sample_rate: int = Field(22050, gt=0)
+    n_fft: int = Field(2048, gt=0)
+    hop_length: int = Field(512, gt=0)
+    n_mels: int = Field(128, gt=0)
+    clip_seconds: float = Field(3.0, gt=0)
+
+    @property
+    def clip_frames(self) -> int:
+        """Mel frames in one clip: 130 for 3 s at 22 050 Hz, hop 512 (centred STFT)."""
+        return 1 + int(round(self.clip_seconds * self.sample_rate)) // self.hop_length
+
+
+class IngestConf(_Section):
+    extensions: list[str] = Field(default_factory=lambda: ["wav", "mp3", "ogg", "flac", "opus", "m4a"])
+    tracks_per_partition: int = Field(16, gt=0)
+    max_seconds: float = Field(1800.0, gt=0)
+    silence_peak_dbfs: float = -60.0
+    row_group_size_mb: int = Field(8, gt=0)
+
+
+class SplitConf(_Section):
+    by: Literal["artist_or_track", "track"] = "artist_or_track"
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class TrainConf(_Section):
+    workers: int = Field(2, gt=0)
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(64, gt=0)
+    split: SplitConf = Field(default_factory=SplitConf)
+
+
+class Config(_Section):
+    spark: SparkConf = Field(default_factory=SparkConf)
+    storage: StorageConf = Field(default_factory=StorageConf)
+    catalogue: CatalogueConf = Field(default_factory=CatalogueConf)
+    audio: AudioConf = Field(default_factory=AudioConf)
+    genres: list[str] = Field(default_factory=lambda: list(DEFAULT_GENRES))
+    ingest: IngestConf = Field(default_factory=IngestConf)
+    train: TrainConf = Field(default_factory=TrainConf)
+
+    @field_validator("genres")
+    @classmethod
+    def _genres_unique(cls, genres: list[str]) -> list[str]:
+        cleaned = [g.strip() for g in genres]
+        if any(not g for g in cleaned):
+            raise ValueError("genre names must be non-empty")
+        folded = [g.casefold() for g in cleaned]
+        if len(set(folded)) != len(folded):
+            raise ValueError("genre names must be unique (case-insensitive)")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _resolve_local_paths(self) -> Config:
+        # Relative local paths resolve against the working directory once, here, so that
+        # Spark executors (which may run elsewhere) see absolute paths.
+        from genrecast.storage import normalize_uri
+
+        self.storage.root = normalize_uri(self.storage.root)
+        self.catalogue.audio_uri = normalize_uri(self.catalogue.audio_uri)
+        if self.catalogue.labels_uri:
+            self.catalogue.labels_uri = normalize_uri(self.catalogue.labels_uri)
+        return self
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Env values are YAML scalars/flow collections: ``4`` -> int, ``null`` -> None, ``[a, b]``."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: empty key segment")
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+    return data
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    return f"{source}: key '{key}': {first['msg']}"
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Load and validate a YAML config file, applying ``GENRECAST__`` environment overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{file}: not valid YAML{where}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: top level must be a mapping of sections")
+    data = _apply_env_overrides(data, environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, str(file))) from None

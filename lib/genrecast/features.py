@@ -1,0 +1,71 @@
+"""Features: mono samples -> log-mel spectrogram -> fixed-length clips. Pure NumPy/librosa.
+
+Units: mel power in dB relative to 1.0 (full-scale sine ~ +54 dB in its band), floored at
+``DB_FLOOR`` (-100 dB), float32. Shapes: a track's mel is ``(n_mels, frames)``; clips are
+``(n_clips, n_mels, clip_frames)``, 128 x 130 for the default 3 s at 22 050 Hz / hop 512.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from genrecast.config import AudioConf
+
+AMIN = 1e-10
+DB_FLOOR = 10.0 * math.log10(AMIN)  # -100 dB: digital silence
+
+
+@lru_cache(maxsize=8)
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 Slaney mel filterbank, built once per process."""
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, dtype=np.float32)
+
+
+def log_mel(y: np.ndarray, params: AudioConf) -> np.ndarray:
+    """(n_mels, 1 + len(y) // hop_length) float32 log-mel power in dB (centred STFT, Hann)."""
+    import librosa
+
+    spec = librosa.stft(y.astype(np.float32, copy=False), n_fft=params.n_fft, hop_length=params.hop_length)
+    power = spec.real**2 + spec.imag**2
+    mel = mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
+    return (10.0 * np.log10(np.maximum(mel, AMIN))).astype(np.float32)
+
+
+def clip_starts(n_frames: int, clip_frames: int) -> list[int]:
+    """First frame of each clip. Clips tile the track; the last one is aligned to the end
+    (overlapping its neighbour) so the whole track is covered without padding.
+    Tracks shorter than one clip have no clips (they are rejected upstream)."""
+    if n_frames < clip_frames:
+        return []
+    starts = list(range(0, n_frames - clip_frames + 1, clip_frames))
+    if starts[-1] + clip_frames < n_frames:
+        starts.append(n_frames - clip_frames)
+    return starts
+
+
+def slice_clips(mel: np.ndarray, clip_frames: int) -> np.ndarray:
+    """(n_mels, frames) -> (n_clips, n_mels, clip_frames), see :func:`clip_starts`."""
+    starts = clip_starts(mel.shape[1], clip_frames)
+    if not starts:
+        return np.empty((0, mel.shape[0], clip_frames), dtype=mel.dtype)
+    return np.stack([mel[:, s : s + clip_frames] for s in starts])
+
+
+def log_mel_clips(y: np.ndarray, params: AudioConf) -> np.ndarray:
+    """Mono samples at ``params.sample_rate`` -> (n_clips, n_mels, clip_frames) float32 dB."""
+    return slice_clips(log_mel(y, params), params.clip_frames)
+
+
+def min_track_seconds(params: AudioConf) -> float:
+    """Shortest track that yields one whole clip."""
+    return (params.clip_frames - 1) * params.hop_length / params.sample_rate
+
+
+def warm_up(params: AudioConf) -> None:
+    """Import librosa and build the filterbank once per worker process, off the timed path."""
+    log_mel(np.zeros(params.n_fft * 2, dtype=np.float32), params)

@@ -1,0 +1,84 @@
+"""Spark session from configuration, and progress logging for long stages."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from genrecast.config import Config
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Defaults suited to local[2] on a small machine; any of them can be overridden in spark.conf.
+DEFAULT_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.memory": "4g",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.task.maxFailures": "4",
+    "spark.speculation": "false",
+    "spark.python.worker.reuse": "true",
+}
+
+
+def get_spark(cfg: Config) -> Any:
+    """Create (or reuse) the SparkSession named in the config.
+
+    Executors run the same interpreter as the driver unless PYSPARK_PYTHON says otherwise
+    (on a cluster, point it at the shipped environment).
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if cfg.spark.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    # Under spark-submit the JVM gateway already exists and --master wins over the config.
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        builder = builder.master(cfg.spark.master)
+    for key, value in {**DEFAULT_CONF, **cfg.spark.conf}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def with_progress(spark: Any, label: str, action: Callable[[], T], every: float = 10.0) -> T:
+    """Run a Spark action, logging ``label: done/total tasks`` every ``every`` seconds."""
+    sc = spark.sparkContext
+    group = f"genrecast-{label}-{time.monotonic_ns()}"
+    sc.setJobGroup(group, label)
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def report() -> None:
+        tracker = sc.statusTracker()
+        while not stop.wait(every):
+            done = total = failed = 0
+            for job_id in tracker.getJobIdsForGroup(group):
+                job = tracker.getJobInfo(job_id)
+                for stage_id in job.stageIds if job else []:
+                    stage = tracker.getStageInfo(stage_id)
+                    if stage:
+                        done += stage.numCompletedTasks
+                        total += stage.numTasks
+                        failed += stage.numFailedTasks
+            if total:
+                extra = f", {failed} task retries" if failed else ""
+                log.info("%s: %d/%d tasks done, %.0fs%s", label, done, total, time.monotonic() - start, extra)
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        return action()
+    finally:
+        stop.set()
+        thread.join()
+        sc.setLocalProperty("spark.jobGroup.id", None)
