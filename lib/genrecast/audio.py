@@ -26,6 +26,26 @@ class AudioRejected(ValueError):
     """The input cannot be used; ``str(exc)`` is the reason for the rejects table."""
 
 
+def _riff_shortfall(data: bytes) -> tuple[int, int] | None:
+    """(declared, present) bytes of a WAV ``data`` chunk when the file holds less than declared.
+
+    libsndfile quietly clamps a cut WAV to the bytes present, so the header is checked here.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk == b"data":
+            present = len(data) - pos - 8
+            # 0 and 0xFFFFFFFF mean "unknown" (streamed writers); trust the bytes then.
+            if 0 < size < 0xFFFFFFFF and present < size * (1 - TRUNCATION_TOLERANCE):
+                return size, present
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
 def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 and the native sample rate."""
     try:
@@ -36,7 +56,11 @@ def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         detail = getattr(exc, "error_string", None) or str(exc).strip().splitlines()[0]
         raise AudioRejected(f"undecodable audio: {detail[:200]}") from None
-    # libsndfile reports an exact frame count for PCM containers; compressed formats estimate.
+    shortfall = _riff_shortfall(data)
+    if shortfall:
+        raise AudioRejected(f"truncated: WAV data chunk declares {shortfall[0]} bytes, file holds {shortfall[1]}")
+    # MP3 headers carry a frame count (Xing/LAME) that a cut file no longer reaches. Ogg has
+    # no total length in its header: a cut Ogg file decodes to its complete pages.
     if declared > 0 and len(samples) < declared * (1 - TRUNCATION_TOLERANCE):
         raise AudioRejected(
             f"truncated: header declares {declared / rate:.2f}s, only {len(samples) / rate:.2f}s decodable"

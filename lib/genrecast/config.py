@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from genrecast.errors import ConfigError
 
@@ -35,14 +35,32 @@ class S3Conf(_Section):
     region: str | None = None
 
 
+def _uri(value: str | None) -> str | None:
+    # Relative local paths resolve against the working directory once, here, so that
+    # Spark executors (which may run elsewhere) see absolute paths.
+    from genrecast.errors import InvalidIdentifier
+    from genrecast.storage import normalize_uri
+
+    if value is None:
+        return None
+    try:
+        return normalize_uri(value)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+
+
 class StorageConf(_Section):
     root: str = "data/genrecast"
     s3: S3Conf = Field(default_factory=S3Conf)
+
+    _root = field_validator("root")(_uri)
 
 
 class CatalogueConf(_Section):
     audio_uri: str = "data/catalogue/audio"
     labels_uri: str | None = "data/catalogue/labels.csv"
+
+    _uris = field_validator("audio_uri", "labels_uri")(_uri)
 
 
 class AudioConf(_Section):
@@ -98,18 +116,6 @@ class Config(_Section):
         if len(set(folded)) != len(folded):
             raise ValueError("genre names must be unique (case-insensitive)")
         return cleaned
-
-    @model_validator(mode="after")
-    def _resolve_local_paths(self) -> Config:
-        # Relative local paths resolve against the working directory once, here, so that
-        # Spark executors (which may run elsewhere) see absolute paths.
-        from genrecast.storage import normalize_uri
-
-        self.storage.root = normalize_uri(self.storage.root)
-        self.catalogue.audio_uri = normalize_uri(self.catalogue.audio_uri)
-        if self.catalogue.labels_uri:
-            self.catalogue.labels_uri = normalize_uri(self.catalogue.labels_uri)
-        return self
 
 
 def _parse_env_value(raw: str) -> Any:

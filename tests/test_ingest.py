@@ -1,0 +1,217 @@
+"""The ingest job for real: local[2] Spark, Petastorm write and read, every bad input."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genrecast import commit
+from genrecast.ingest import dataset_uri, rejects_uri, run_ingest
+from genrecast.storage import Storage
+
+from conftest import tone, write_audio
+
+LABELS = """track_id,genre,artist
+rock/r1,rock,band-a
+rock/r2,rock,band-b
+jazz/j1,jazz,trio-a
+jazz/j2,Jazz,trio-b
+jazz/j3,jazz,trio-c
+ghost/none,rock,nobody
+odd/eight_bit,polka,x
+"""
+
+GOOD = {  # track_id: expected clips
+    "rock/r1": 2, "rock/r2": 2, "jazz/j1": 2, "jazz/j2": 2, "jazz/j3": 2,
+    "odd/eight_bit": 2, "odd/48k": 2, "odd/stereo": 2, "odd/six_channels": 2, "long/ten_minutes": 199,
+}
+BAD = {  # file: reason fragment
+    "bad/empty.mp3": "empty file", "bad/truncated.wav": "truncated", "bad/text.mp3": "undecodable",
+    "bad/silent.wav": "silent", "bad/short.wav": "too short", "bad/notes.xyz": "unsupported extension",
+}
+
+
+def build_catalogue(root):
+    a = root / "audio"
+    write_audio(a / "rock/r1.wav", tone(4, freq=220))
+    write_audio(a / "rock/r2.mp3", tone(4, freq=247))
+    write_audio(a / "jazz/j1.flac", tone(4, freq=440))
+    write_audio(a / "jazz/j2.ogg", tone(4, freq=494))
+    write_audio(a / "jazz/j3.m4a", tone(4, freq=523))
+    write_audio(a / "odd/eight_bit.wav", tone(4, freq=300), subtype="PCM_U8")
+    write_audio(a / "odd/48k.wav", tone(4, sr=48000, freq=300), sr=48000)
+    write_audio(a / "odd/stereo.flac", tone(4, freq=300, channels=2))
+    write_audio(a / "odd/six_channels.wav", tone(4, freq=100, channels=6, amp=0.15))
+    write_audio(a / "long/ten_minutes.wav", tone(600, sr=8000, freq=200), sr=8000, subtype="PCM_U8")
+    (a / "bad").mkdir()
+    (a / "bad/empty.mp3").write_bytes(b"")
+    full = write_audio(root / "full.wav", tone(10)).read_bytes()
+    (a / "bad/truncated.wav").write_bytes(full[: len(full) // 2])
+    (a / "bad/text.mp3").write_text("this is a text file, not an mp3\n" * 20)
+    write_audio(a / "bad/silent.wav", np.zeros((22050 * 5, 1), np.float32))
+    write_audio(a / "bad/short.wav", tone(2))
+    (a / "bad/notes.xyz").write_text("?")
+    (root / "labels.csv").write_text(LABELS)
+
+
+def dataset_frame(cfg) -> pd.DataFrame:
+    s = Storage()
+    files = commit.table_files(s, dataset_uri(cfg))
+    return pd.concat([s.read_parquet(f).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, spark):
+    root = tmp_path_factory.mktemp("cat")
+    build_catalogue(root)
+    from genrecast.config import load_config
+
+    conf = root / "conf.yaml"
+    conf.write_text(f"storage: {{root: {root / 'out'}}}\ncatalogue: {{audio_uri: {root / 'audio'}, labels_uri: {root / 'labels.csv'}}}\n"
+                    "ingest: {tracks_per_partition: 3}\n")
+    cfg = load_config(conf)
+    return cfg, run_ingest(cfg, spark)
+
+
+def test_counts_and_reasons(ingested):
+    cfg, summary = ingested
+    assert summary.tracks_listed == len(GOOD) + len(BAD) - 1  # notes.xyz is no track
+    assert summary.tracks_ok == len(GOOD)
+    assert summary.clips == sum(GOOD.values())
+    assert dict(summary.rejected) == {"ingest": 5, "catalogue": 1, "labels": 2}
+    rejects = pd.read_parquet(rejects_uri(cfg))
+    assert list(rejects.columns[:4]) == ["source_uri", "stage", "reason", "at"]
+    by_file = {r.source_uri.split("/audio/")[-1]: r.reason for r in rejects.itertuples() if "/audio/" in r.source_uri}
+    for name, fragment in BAD.items():
+        assert fragment in by_file[name], (name, by_file.get(name))
+    label_reasons = " | ".join(rejects[rejects.stage == "labels"].reason)
+    assert "'ghost/none', which is not in" in label_reasons
+    assert "genre 'polka' of track 'odd/eight_bit' is not in the configured genres" in label_reasons
+
+
+def test_petastorm_make_reader_reads_every_clip(ingested):
+    from petastorm import make_reader
+
+    cfg, _ = ingested
+    seen = collections.Counter()
+    genres = {}
+    with make_reader("file://" + dataset_uri(cfg), num_epochs=1, workers_count=2, shuffle_row_groups=False) as reader:
+        for row in reader:
+            assert row.mel.shape == (128, 130) and row.mel.dtype == np.float32
+            assert -100.01 <= row.mel.min() and row.mel.max() < 80
+            assert len(row.audio_sha256) == 64 and row.source_uri.startswith(cfg.catalogue.audio_uri)
+            seen[row.track_id] += 1
+            genres[row.track_id] = row.genre
+    assert dict(seen) == GOOD
+    assert genres["jazz/j2"] == "jazz"  # label "Jazz" matched to the configured spelling
+    # Its label was rejected; the track stays, unlabelled (petastorm's reader renders null as 'None').
+    assert genres["odd/eight_bit"] == "None"
+
+
+def test_clip_indices_are_complete_and_unique(ingested):
+    df = dataset_frame(ingested[0])
+    assert not df.duplicated(["track_id", "clip_index"]).any()
+    assert df[df.track_id.str.startswith("odd/")].genre.isna().all()  # stored as a real null
+    for track_id, group in df.groupby("track_id"):
+        assert sorted(group.clip_index) == list(range(GOOD[track_id]))
+
+
+def test_tensorflow_reads_the_dataset(ingested):
+    from petastorm import make_reader
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    cfg, _ = ingested
+    with make_reader("file://" + dataset_uri(cfg), num_epochs=1, schema_fields=["track_id", "mel"], workers_count=1) as reader:
+        ds = make_petastorm_dataset(reader).batch(16)
+        shapes = [tuple(batch.mel.shape) for batch in ds]
+    assert shapes[0] == (16, 128, 130)
+    assert sum(s[0] for s in shapes) == sum(GOOD.values())
+
+
+def test_incremental_rerun_adds_nothing(ingested, spark):
+    cfg, _ = ingested
+    s = Storage()
+    before = sorted(commit.table_files(s, dataset_uri(cfg)))
+    rejects_before = len(pd.read_parquet(rejects_uri(cfg)))
+    again = run_ingest(cfg, spark)
+    assert again.tracks_ok == 0 and again.clips == 0
+    assert again.skipped_unchanged == len(GOOD)
+    assert again.skipped_rejected == 5  # unchanged bad files are not decoded again
+    assert sorted(commit.table_files(s, dataset_uri(cfg))) == before
+    assert len(pd.read_parquet(rejects_uri(cfg))) == rejects_before
+
+
+def _small_catalogue(make_config, tmp_path):
+    for i, ext in enumerate(["wav", "flac", "mp3", "ogg"]):
+        write_audio(tmp_path / "audio" / f"g/t{i}.{ext}", tone(4, freq=200 + 50 * i))
+    (tmp_path / "labels.csv").write_text("track_id,genre\ng/t0,rock\ng/t1,rock\ng/t2,jazz\ng/t3,jazz\n")
+    return make_config()
+
+
+def test_changed_audio_and_labels_replace_old_rows(make_config, tmp_path, spark):
+    cfg = _small_catalogue(make_config, tmp_path)
+    first = run_ingest(cfg, spark)
+    assert first.tracks_ok == 4
+    old_sha = dataset_frame(cfg).set_index("track_id").audio_sha256.to_dict()
+    write_audio(tmp_path / "audio/g/t0.wav", tone(7, freq=900))  # new audio: 3 clips now
+    (tmp_path / "labels.csv").write_text("track_id,genre\ng/t0,rock\ng/t1,jazz\ng/t2,jazz\ng/t3,jazz\ng/t4,rock\n")
+    write_audio(tmp_path / "audio/g/t4.wav", tone(4, freq=700))  # a new track
+    second = run_ingest(cfg, spark)
+    assert (second.tracks_ok, second.skipped_unchanged) == (3, 2)
+    df = dataset_frame(cfg)
+    assert not df.duplicated(["track_id", "clip_index"]).any()
+    per_track = df.groupby("track_id").agg(n=("clip_index", "size"), genre=("genre", "first"), sha=("audio_sha256", "first"))
+    assert per_track.n.to_dict() == {"g/t0": 3, "g/t1": 2, "g/t2": 2, "g/t3": 2, "g/t4": 2}
+    assert per_track.genre["g/t1"] == "jazz"
+    assert per_track.sha["g/t0"] != old_sha["g/t0"] and per_track.sha["g/t2"] == old_sha["g/t2"]
+    from petastorm import make_reader
+
+    with make_reader("file://" + dataset_uri(cfg), num_epochs=1, workers_count=1) as reader:
+        assert sum(1 for _ in reader) == 11  # metadata follows the replaced files
+
+
+def test_full_rebuild_gives_the_same_rows(make_config, tmp_path, spark):
+    cfg = _small_catalogue(make_config, tmp_path)
+    run_ingest(cfg, spark)
+    before = dataset_frame(cfg).sort_values(["track_id", "clip_index"]).reset_index(drop=True)
+    full = run_ingest(cfg, spark, full=True)
+    assert full.tracks_ok == 4
+    after = dataset_frame(cfg).sort_values(["track_id", "clip_index"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_run_killed_mid_commit_is_completed_by_the_next_run(make_config, tmp_path, spark, monkeypatch):
+    cfg = _small_catalogue(make_config, tmp_path)
+    real_move = Storage.move
+    moves = []
+
+    def dying_move(self, src, dst):
+        if len(moves) == 1:
+            raise KeyboardInterrupt("killed")  # what a kill looks like to the driver, mid-commit
+        moves.append(dst)
+        real_move(self, src, dst)
+
+    monkeypatch.setattr(Storage, "move", dying_move)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(cfg, spark)
+    monkeypatch.setattr(Storage, "move", real_move)
+    assert Storage().exists(f"{dataset_uri(cfg)}/{commit.JOURNAL}")
+    rerun = run_ingest(cfg, spark)
+    assert rerun.tracks_ok == 0 and rerun.skipped_unchanged == 4  # the journal was rolled forward
+    df = dataset_frame(cfg)
+    assert len(df) == 8 and not df.duplicated(["track_id", "clip_index"]).any()
+    assert not Storage().exists(f"{dataset_uri(cfg)}/{commit.JOURNAL}")
+    assert not list(Storage().list_files(f"{dataset_uri(cfg)}/{commit.TMP}"))
+
+
+def test_leftovers_of_a_run_killed_before_commit_are_cleaned(make_config, tmp_path, spark):
+    cfg = _small_catalogue(make_config, tmp_path)
+    stale = f"{dataset_uri(cfg)}/{commit.TMP}/20200101T000000Z-dead00/part-00000.parquet"
+    Storage().write_bytes(stale, b"half a file")
+    summary = run_ingest(cfg, spark)
+    assert summary.tracks_ok == 4
+    assert not Storage().exists(stale)
+    assert len(dataset_frame(cfg)) == 8
