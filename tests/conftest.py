@@ -39,7 +39,9 @@ def write_audio(path: Path, y: np.ndarray, sr: int = 22050, subtype: str | None 
     if ext == "m4a":
         wav = path.with_suffix(".tmp.wav")
         sf.write(wav, y, sr)
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)], check=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)], check=True
+        )
         wav.unlink()
         return path
     fmt, default_subtype = FORMATS[ext]
@@ -52,6 +54,12 @@ def write_audio(path: Path, y: np.ndarray, sr: int = 22050, subtype: str | None 
 @pytest.fixture(scope="session")
 def spark():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Executors inherit the environment the JVM starts with: give them the throwaway
+    # credentials of the loopback S3 server (tests/s3server.py) through the AWS env chain.
+    from s3server import CREDENTIALS
+
+    for key, value in CREDENTIALS.items():
+        os.environ.setdefault(key, value)
     cfg = Config()
     cfg.spark.conf = {"spark.driver.memory": "2g", "spark.sql.shuffle.partitions": "4"}
     from genrecast.spark import get_spark
@@ -61,19 +69,12 @@ def spark():
     session.stop()
 
 
-@pytest.fixture
-def make_config(tmp_path):
-    """Write a YAML config under tmp_path (catalogue and root there too) and load it."""
-
-    def _make(extra: str = "", root: str | None = None, audio_uri: str | None = None, labels_uri: str | None = None) -> Config:
-        text = (
-            f"storage: {{root: {root or tmp_path / 'out'}}}\n"
-            f"catalogue: {{audio_uri: {audio_uri or tmp_path / 'audio'}, labels_uri: {labels_uri or tmp_path / 'labels.csv'}}}\n"
-            "ingest: {tracks_per_partition: 4}\n" + extra
-        )
-        conf = tmp_path / "conf.yaml"
-        conf.write_text(text)
-        return load_config(conf)
-
-    return _make
-
+def write_config(folder: Path, extra: str = "") -> Config:
+    """A config whose catalogue (audio/, labels.csv) and storage root (out/) live in ``folder``."""
+    conf = folder / "conf.yaml"
+    conf.write_text(
+        f"storage: {{root: {folder / 'out'}}}\n"
+        f"catalogue: {{audio_uri: {folder / 'audio'}, labels_uri: {folder / 'labels.csv'}}}\n"
+        "ingest: {tracks_per_partition: 3}\n" + extra
+    )
+    return load_config(conf)

@@ -38,7 +38,9 @@ def test_every_format_decodes_to_mono_at_target_rate(tmp_path, ext):
     ],
 )
 def test_odd_but_valid_wavs_become_mono_22050(tmp_path, name, sr, channels, subtype):
-    data = write_audio(tmp_path / "t.wav", tone(3.5, sr=sr, freq=220, channels=channels, amp=0.3), sr=sr, subtype=subtype).read_bytes()
+    data = write_audio(
+        tmp_path / "t.wav", tone(3.5, sr=sr, freq=220, channels=channels, amp=0.3), sr=sr, subtype=subtype
+    ).read_bytes()
     y = decode_audio(data, "wav", SR)
     assert abs(y.size - 3.5 * SR) <= 2
     assert 0.05 < np.abs(y).max() <= 1.0

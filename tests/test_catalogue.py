@@ -1,6 +1,12 @@
 import pytest
 
-from genrecast.catalogue import Track, list_tracks, parse_labels, track_id_for, validate_track_id
+from genrecast.catalogue import (
+    Track,
+    list_tracks,
+    parse_labels,
+    track_id_for,
+    validate_track_id,
+)
 from genrecast.errors import InvalidIdentifier, JobError
 from genrecast.storage import Storage
 
@@ -21,7 +27,10 @@ def test_invalid_track_ids(bad):
 def test_labels_parse_match_genres_case_insensitively():
     labels, rejects = parse_labels("track_id,genre,artist\na,Rock,x\nb,Brazilian Funk,\nc,jazz,y\n", "l.csv", GENRES)
     assert {k: (v.genre, v.artist) for k, v in labels.items()} == {
-        "a": ("rock", "x"), "b": ("brazilian funk", None), "c": ("jazz", "y")}
+        "a": ("rock", "x"),
+        "b": ("brazilian funk", None),
+        "c": ("jazz", "y"),
+    }
     assert rejects == []
 
 

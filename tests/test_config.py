@@ -23,8 +23,12 @@ def test_local_yaml_loads_with_contract_defaults(monkeypatch):
 def test_env_overrides_parse_yaml_scalars(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("train: {epochs: 3}\n")
-    env = {"GENRECAST__TRAIN__EPOCHS": "7", "GENRECAST__STORAGE__S3__ENDPOINT_URL": "http://127.0.0.1:8333",
-           "GENRECAST__GENRES": "[rap, brazilian funk]", "OTHER": "x"}
+    env = {
+        "GENRECAST__TRAIN__EPOCHS": "7",
+        "GENRECAST__STORAGE__S3__ENDPOINT_URL": "http://127.0.0.1:8333",
+        "GENRECAST__GENRES": "[rap, brazilian funk]",
+        "OTHER": "x",
+    }
     cfg = load_config(conf, environ=env)
     assert cfg.train.epochs == 7
     assert cfg.storage.s3.endpoint_url == "http://127.0.0.1:8333"
@@ -60,13 +64,16 @@ def test_missing_file_names_the_file(tmp_path):
         load_config(tmp_path / "nope.yaml", environ={})
 
 
-@pytest.mark.parametrize(("text", "needle"), [(None, "config file not found"), ("audio: {n_mel: 1}\n", "unknown key 'audio.n_mel'")])
+@pytest.mark.parametrize(
+    ("text", "needle"), [(None, "config file not found"), ("audio: {n_mel: 1}\n", "unknown key 'audio.n_mel'")]
+)
 def test_cli_exits_2_with_one_line(tmp_path, text, needle):
     conf = tmp_path / "c.yaml"
     if text is not None:
         conf.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "genrecast", "ingest", "--conf", str(conf)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genrecast", "ingest", "--conf", str(conf)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -74,5 +81,7 @@ def test_cli_exits_2_with_one_line(tmp_path, text, needle):
 
 
 def test_cli_bad_usage_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "genrecast", "ingest", "--no-such-flag"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genrecast", "ingest", "--no-such-flag"], capture_output=True, text=True
+    )
     assert proc.returncode == 2

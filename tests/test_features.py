@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 
 from genrecast.config import AudioConf
-from genrecast.features import DB_FLOOR, clip_starts, log_mel, log_mel_clips, min_track_seconds
+from genrecast.features import (
+    DB_FLOOR,
+    clip_starts,
+    log_mel,
+    log_mel_clips,
+    min_track_seconds,
+)
 
 P = AudioConf()
 

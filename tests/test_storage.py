@@ -109,6 +109,6 @@ def test_storage_pickles_without_clients():
     import pickle
 
     s = Storage(endpoint_url="http://127.0.0.1:1", region="us-east-1")
-    s.fsspec("/tmp")
+    s.s3_client()
     clone = pickle.loads(pickle.dumps(s))
     assert clone.endpoint_url == s.endpoint_url and clone._clients == {}

@@ -77,8 +77,25 @@ def _decode_ffmpeg(data: bytes, ext: str, sample_rate: int) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=f".{ext}") as tmp:
         tmp.write(data)
         tmp.flush()
-        cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", tmp.name, "-vn", "-ac", "1",
-               "-ar", str(sample_rate), "-af", "aresample=resampler=soxr", "-f", "f32le", "pipe:1"]
+        cmd = [
+            ffmpeg,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            tmp.name,
+            "-vn",
+            "-ac",
+            "1",
+            "-ar",
+            str(sample_rate),
+            "-af",
+            "aresample=resampler=soxr",
+            "-f",
+            "f32le",
+            "pipe:1",
+        ]
         proc = subprocess.run(cmd, capture_output=True, timeout=600, check=False)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -120,7 +137,9 @@ def decode_audio(data: bytes, ext: str, sample_rate: int) -> np.ndarray:
     return y
 
 
-def check_usable(y: np.ndarray, sample_rate: int, min_seconds: float, max_seconds: float, silence_peak_dbfs: float) -> None:
+def check_usable(
+    y: np.ndarray, sample_rate: int, min_seconds: float, max_seconds: float, silence_peak_dbfs: float
+) -> None:
     """Raise :class:`AudioRejected` for audio too short, too long or silent to classify.
 
     Short tracks are rejected rather than padded: a mostly-silent padded clip would teach the

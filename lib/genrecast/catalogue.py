@@ -46,9 +46,7 @@ def track_id_for(uri: str, audio_uri: str) -> str:
     return validate_track_id(rel[: -(len(ext) + 1)] if ext else rel)
 
 
-def list_tracks(
-    storage: Storage, audio_uri: str, extensions: Iterable[str]
-) -> Iterator[Track | dict]:
+def list_tracks(storage: Storage, audio_uri: str, extensions: Iterable[str]) -> Iterator[Track | dict]:
     """Yield a :class:`Track` per usable audio file, or a rejects row (dict) for a file that
     cannot be a track: unsupported extension, invalid id, or a second file with the same id."""
     allowed = {e.lower().lstrip(".") for e in extensions}
@@ -56,7 +54,11 @@ def list_tracks(
     for uri, size in storage.list_files(audio_uri):
         ext = extension_of(uri)
         if ext not in allowed:
-            yield {"source_uri": uri, "stage": "catalogue", "reason": f"unsupported extension '.{ext}'" if ext else "no file extension"}
+            yield {
+                "source_uri": uri,
+                "stage": "catalogue",
+                "reason": f"unsupported extension '.{ext}'" if ext else "no file extension",
+            }
             continue
         try:
             track_id = track_id_for(uri, audio_uri)
@@ -64,7 +66,11 @@ def list_tracks(
             yield {"source_uri": uri, "stage": "catalogue", "reason": str(exc)}
             continue
         if track_id in seen:
-            yield {"source_uri": uri, "stage": "catalogue", "reason": f"duplicate track_id '{track_id}' (also {seen[track_id]})"}
+            yield {
+                "source_uri": uri,
+                "stage": "catalogue",
+                "reason": f"duplicate track_id '{track_id}' (also {seen[track_id]})",
+            }
             continue
         seen[track_id] = uri
         yield Track(track_id, uri, size)
@@ -100,8 +106,13 @@ def parse_labels(text: str, source: str, genres: list[str]) -> tuple[dict[str, L
             continue
         genre = canonical.get(genre_raw.casefold())
         if genre is None:
-            rejects.append({"source_uri": where, "stage": "labels",
-                            "reason": f"genre '{genre_raw}' of track '{track_id}' is not in the configured genres"})
+            rejects.append(
+                {
+                    "source_uri": where,
+                    "stage": "labels",
+                    "reason": f"genre '{genre_raw}' of track '{track_id}' is not in the configured genres",
+                }
+            )
             continue
         rows_of.setdefault(track_id, []).append(where)
         previous = labels.get(track_id)
@@ -110,8 +121,13 @@ def parse_labels(text: str, source: str, genres: list[str]) -> tuple[dict[str, L
         labels[track_id] = Label(genre, artist or (previous.artist if previous else None))
     for track_id in sorted(conflicted):
         del labels[track_id]
-        rejects.append({"source_uri": rows_of[track_id][0], "stage": "labels",
-                        "reason": f"conflicting genres for track '{track_id}' on {', '.join(rows_of[track_id])}"})
+        rejects.append(
+            {
+                "source_uri": rows_of[track_id][0],
+                "stage": "labels",
+                "reason": f"conflicting genres for track '{track_id}' on {', '.join(rows_of[track_id])}",
+            }
+        )
     return labels, rejects
 
 

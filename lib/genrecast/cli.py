@@ -46,8 +46,12 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--conf", default=DEFAULT_CONF, metavar="FILE",
-                        help=f"YAML config (default: {DEFAULT_CONF}); GENRECAST__SECTION__KEY env vars override it")
+    common.add_argument(
+        "--conf",
+        default=DEFAULT_CONF,
+        metavar="FILE",
+        help=f"YAML config (default: {DEFAULT_CONF}); GENRECAST__SECTION__KEY env vars override it",
+    )
     common.add_argument("--verbose", "-v", action="store_true", help="debug logging and full tracebacks")
     parser = argparse.ArgumentParser(
         prog="genrecast",
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "ingest", parents=[common],
+        "ingest",
+        parents=[common],
         help="decode the catalogue into the Petastorm mel dataset (incremental)",
         description="List catalogue.audio_uri, join catalogue.labels_uri, and write one row per "
         "clip to <storage.root>/datasets/mels (Petastorm). Incremental: tracks whose audio and "
@@ -87,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"genrecast {args.command}: failed: {type(exc).__name__}: {first[:300]} (--verbose for the trace)",
-              file=sys.stderr)
+        print(
+            f"genrecast {args.command}: failed: {type(exc).__name__}: {first[:300]} (--verbose for the trace)",
+            file=sys.stderr,
+        )
         return 1
 
 

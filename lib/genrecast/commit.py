@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from genrecast.storage import Storage, join
 
@@ -23,7 +23,7 @@ TMP = "_tmp"
 
 def new_run_id() -> str:
     """Sortable, unique: ``20261122T072100Z-3fa9c1``."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def tmp_uri(table_uri: str, run_id: str, name: str) -> str:

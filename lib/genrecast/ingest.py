@@ -23,6 +23,7 @@ from genrecast import commit
 from genrecast.audio import AudioRejected, check_usable, decode_audio, extension_of
 from genrecast.catalogue import Track, list_tracks, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
+from genrecast.dataset import mels_uri, rejects_uri
 from genrecast.features import log_mel_clips, min_track_seconds, warm_up
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join, petastorm_url
@@ -31,14 +32,6 @@ log = logging.getLogger(__name__)
 
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
-
-
-def dataset_uri(cfg: Config) -> str:
-    return join(cfg.storage.root, "datasets", "mels")
-
-
-def rejects_uri(cfg: Config) -> str:
-    return join(cfg.storage.root, "rejects")
 
 
 @dataclass(frozen=True)
@@ -96,8 +89,10 @@ def ingest_partition(
         t0 = time.perf_counter()
         try:
             data = storage.read_bytes(task.uri)
-        except Exception as exc:  # already retried with backoff; the next run tries again
-            res.rejects.append({"source_uri": task.uri, "stage": "ingest", "reason": f"read failed: {type(exc).__name__}: {exc}"[:300]})
+        except FileNotFoundError:
+            # Gone between listing and fetch. Any other error (credentials, an endpoint still
+            # down after retries) is not the file's fault: it fails the task, and Spark retries.
+            res.rejects.append({"source_uri": task.uri, "stage": "ingest", "reason": "file disappeared after listing"})
             continue
         sha = hashlib.sha256(data).hexdigest()
         t1 = time.perf_counter()
@@ -119,8 +114,14 @@ def ingest_partition(
             continue
         except Exception as exc:  # a decoder bug must not kill the batch; the reason is kept
             log.exception("ingest: unexpected error on %s", task.uri)
-            res.rejects.append({"source_uri": task.uri, "stage": "ingest",
-                                "reason": f"error: {type(exc).__name__}: {exc}"[:300], "audio_sha256": sha})
+            res.rejects.append(
+                {
+                    "source_uri": task.uri,
+                    "stage": "ingest",
+                    "reason": f"error: {type(exc).__name__}: {exc}"[:300],
+                    "audio_sha256": sha,
+                }
+            )
             continue
         t3 = time.perf_counter()
         res.seconds["decode"] += t2 - t1
@@ -137,8 +138,15 @@ def ingest_partition(
         res.clips += n
     if res.clips:
         t4 = time.perf_counter()
-        table = mel_rows_table(schema, cols["track_id"], cols["clip_index"], cols["genre"], cols["mel"],
-                               cols["source_uri"], cols["audio_sha256"])
+        table = mel_rows_table(
+            schema,
+            cols["track_id"],
+            cols["clip_index"],
+            cols["genre"],
+            cols["mel"],
+            cols["source_uri"],
+            cols["audio_sha256"],
+        )
         clip_bytes = audio.n_mels * audio.clip_frames * 4
         rows_per_group = max(1, ingest.row_group_size_mb * 2**20 // clip_bytes)
         res.tmp_file = f"{tmp_prefix}/part-{index:05d}.parquet"
@@ -150,7 +158,8 @@ def ingest_partition(
 def _index_file(uri: str, storage: Storage) -> list[tuple[str, str, str | None, str]]:
     """(track_id, sha256, genre, file) for each track in one dataset file."""
     table = storage.read_parquet(uri, columns=["track_id", "audio_sha256", "genre"])
-    seen = set(zip(*(table.column(c).to_pylist() for c in ("track_id", "audio_sha256", "genre"))))
+    columns = (table.column(c).to_pylist() for c in ("track_id", "audio_sha256", "genre"))
+    seen = set(zip(*columns, strict=True))
     return [(t, s, g, uri) for t, s, g in sorted(seen, key=lambda r: (r[0], r[1], r[2] or ""))]
 
 
@@ -186,14 +195,12 @@ def write_petastorm_metadata(spark: Any, storage: Storage, cfg: Config) -> None:
     ``materialize_dataset``; the data files were already committed."""
     from petastorm.etl.dataset_metadata import materialize_dataset
 
-    ds_uri = dataset_uri(cfg)
+    ds_uri = mels_uri(cfg)
     url = petastorm_url(ds_uri)
-    factory = None
-    if url.startswith("s3://"):
-        from genrecast.petastorm_s3 import s3_filesystem_factory
-
-        factory = s3_filesystem_factory(storage)
-    with materialize_dataset(spark, url, mel_schema(cfg.audio), cfg.ingest.row_group_size_mb, filesystem_factory=factory):
+    factory = storage.petastorm_filesystem_factory(ds_uri)
+    with materialize_dataset(
+        spark, url, mel_schema(cfg.audio), cfg.ingest.row_group_size_mb, filesystem_factory=factory
+    ):
         pass
 
 
@@ -247,7 +254,7 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
     """Ingest the configured catalogue; incremental unless ``full``. Safe to kill and re-run."""
     started = time.monotonic()
     storage = Storage.from_config(cfg)
-    ds_uri, rj_uri = dataset_uri(cfg), rejects_uri(cfg)
+    ds_uri, rj_uri = mels_uri(cfg), rejects_uri(cfg)
     run_id = commit.new_run_id()
     summary = IngestSummary(run_id=run_id, dataset_uri=ds_uri, rejects_uri=rj_uri)
     sc = spark.sparkContext
@@ -264,10 +271,19 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
     summary.tracks_listed = len(tracks)
     listed_ids = {t.track_id for t in tracks}
     for track_id in sorted(set(labels) - listed_ids):
-        new_rejects.append({"source_uri": f"{cfg.catalogue.labels_uri}#track_id={track_id}", "stage": "labels",
-                            "reason": f"labels.csv names track '{track_id}', which is not in {cfg.catalogue.audio_uri}"})
-    log.info("ingest: listed %d tracks, %d labelled, in %.1fs", len(tracks), len(listed_ids & set(labels)),
-             time.monotonic() - started)
+        new_rejects.append(
+            {
+                "source_uri": f"{cfg.catalogue.labels_uri}#track_id={track_id}",
+                "stage": "labels",
+                "reason": f"labels.csv names track '{track_id}', which is not in {cfg.catalogue.audio_uri}",
+            }
+        )
+    log.info(
+        "ingest: listed %d tracks, %d labelled, in %.1fs",
+        len(tracks),
+        len(listed_ids & set(labels)),
+        time.monotonic() - started,
+    )
 
     old_files = commit.table_files(storage, ds_uri)
     index: dict[str, tuple[str, str | None, set[str]]] = {}
@@ -287,7 +303,9 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
 
     results: list[PartitionResult] = []
     if tasks:
-        n_parts = max(math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism))
+        n_parts = max(
+            math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism)
+        )
         tmp_prefix = f"{ds_uri}/{commit.TMP}/{run_id}"
         audio_conf, ingest_conf = cfg.audio, cfg.ingest
         rdd = sc.parallelize(tasks, n_parts).mapPartitionsWithIndex(
@@ -322,7 +340,10 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
                 stale.setdefault(f, set()).add(track_id)
         remove = sorted(stale)
         if stale:
-            jobs = [(f, frozenset(ids), commit.tmp_uri(ds_uri, run_id, f"keep-{i:05d}.parquet")) for i, (f, ids) in enumerate(sorted(stale.items()))]
+            jobs = [
+                (f, frozenset(ids), commit.tmp_uri(ds_uri, run_id, f"keep-{i:05d}.parquet"))
+                for i, (f, ids) in enumerate(sorted(stale.items()))
+            ]
             kept = sc.parallelize(jobs, len(jobs)).map(lambda j: _rewrite_without(j[0], j[1], storage, j[2])).collect()
             add += [(k, f"{ds_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]
             log.info("ingest: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -93,7 +93,5 @@ REJECTS_ARROW_SCHEMA = pa.schema(
 
 def rejects_table(rows: Sequence[dict]) -> pa.Table:
     """Rows are dicts with the rejects columns; ``at`` defaults to now (UTC)."""
-    now = datetime.now(timezone.utc)
-    return pa.Table.from_pylist(
-        [{"at": now, "audio_sha256": None, **row} for row in rows], schema=REJECTS_ARROW_SCHEMA
-    )
+    now = datetime.now(UTC)
+    return pa.Table.from_pylist([{"at": now, "audio_sha256": None, **row} for row in rows], schema=REJECTS_ARROW_SCHEMA)

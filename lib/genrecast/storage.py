@@ -97,8 +97,8 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     try:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
-        from botocore.exceptions import ReadTimeoutError
+        from botocore.exceptions import ClientError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
     except ImportError:  # pragma: no cover - botocore is a hard dependency
         ClientError = BotoConnectionError = ReadTimeoutError = ()  # type: ignore[assignment,misc]
     if isinstance(exc, ClientError):
@@ -150,36 +150,38 @@ class Storage:
                 "s3",
                 endpoint_url=self.endpoint_url,
                 region_name=self.region,
-                config=BotoConfig(retries={"max_attempts": RETRY_ATTEMPTS, "mode": "standard"}),
+                # One retry policy, ours (with_retries), rather than two nested ones.
+                config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=60),
             )
         return self._clients["boto3"]
 
-    def fsspec(self, uri: str) -> Any:
-        """An fsspec filesystem for ``uri`` (s3fs for S3, the local filesystem otherwise)."""
-        kind = "s3" if is_s3(uri) else "file"
-        if kind not in self._clients:
-            if kind == "s3":
-                import s3fs
+    def petastorm_filesystem_factory(self, uri: str) -> Callable[[], Any] | None:
+        """A picklable factory for petastorm's ``filesystem_factory`` (None: petastorm's default).
 
-                client_kwargs = {k: v for k, v in {"endpoint_url": self.endpoint_url, "region_name": self.region}.items() if v}
-                self._clients[kind] = s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True)
-            else:
-                from fsspec.implementations.local import LocalFileSystem
+        petastorm resolves ``s3://`` with a bare s3fs client that knows no endpoint; this one
+        carries ours, wrapped in pyarrow's legacy ``S3FSWrapper``: petastorm 0.12 passes
+        ``validate_schema`` to ``ParquetDataset``, which pyarrow 14 only accepts on the legacy
+        code path, chosen only for legacy filesystem objects. (pyarrow's own S3FSWrapper calls
+        an s3fs method that is a coroutine in s3fs 2026, hence :func:`_legacy_s3_filesystem`.)
+        """
+        if not is_s3(uri):
+            return None
+        options = self.storage_options(uri)
 
-                self._clients[kind] = LocalFileSystem(auto_mkdir=True)
-        return self._clients[kind]
+        def factory() -> Any:
+            return _legacy_s3_filesystem(options)
+
+        return factory
 
     def storage_options(self, uri: str) -> dict[str, Any]:
         """fsspec ``storage_options`` for libraries (petastorm, pandas) that open URIs themselves."""
         if not is_s3(uri):
             return {}
         client_kwargs = {k: v for k, v in {"endpoint_url": self.endpoint_url, "region_name": self.region}.items() if v}
-        return {"client_kwargs": client_kwargs}
+        # Fresh listings every time: tables change under a long-lived process (commits, re-runs).
+        return {"client_kwargs": client_kwargs, "skip_instance_cache": True, "use_listings_cache": False}
 
     # -- operations ----------------------------------------------------------------------
-    def _fs_path(self, uri: str) -> str:
-        return uri[len("s3://") :] if is_s3(uri) else uri
-
     def list_files(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Yield ``(uri, size)`` for every file below ``prefix``, sorted per listing page.
 
@@ -191,12 +193,20 @@ class Storage:
             parsed = urlparse(prefix)
             key_prefix = parsed.path.lstrip("/")
             key_prefix = key_prefix + "/" if key_prefix else ""
-            paginator = self.s3_client().get_paginator("list_objects_v2")
-            # botocore's own retry policy (see s3_client) covers each page request.
-            for page in paginator.paginate(Bucket=parsed.netloc, Prefix=key_prefix):
+            token: str | None = None
+            while True:
+                kwargs = {
+                    "Bucket": parsed.netloc,
+                    "Prefix": key_prefix,
+                    **({"ContinuationToken": token} if token else {}),
+                }
+                page = with_retries(lambda kw=kwargs: self.s3_client().list_objects_v2(**kw), f"list {prefix}")
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
                         yield f"s3://{parsed.netloc}/{obj['Key']}", int(obj["Size"])
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
             return
         if not os.path.isdir(prefix):
             return
@@ -207,8 +217,24 @@ class Storage:
                 yield path, os.path.getsize(path)
 
     def exists(self, uri: str) -> bool:
+        """True if the file exists (not for S3 "folders")."""
         uri = normalize_uri(uri)
-        return with_retries(lambda: self.fsspec(uri).exists(self._fs_path(uri)), f"exists {uri}")
+        if not is_s3(uri):
+            return os.path.isfile(uri)
+        from botocore.exceptions import ClientError
+
+        parsed = urlparse(uri)
+
+        def head() -> bool:
+            try:
+                self.s3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+                return True
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+
+        return with_retries(head, f"exists {uri}")
 
     def read_bytes(self, uri: str) -> bytes:
         uri = normalize_uri(uri)
@@ -216,7 +242,11 @@ class Storage:
             parsed = urlparse(uri)
 
             def get() -> bytes:
-                return self.s3_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+                client = self.s3_client()
+                try:
+                    return client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+                except client.exceptions.NoSuchKey:
+                    raise FileNotFoundError(uri) from None
 
             return with_retries(get, f"read {uri}")
         with open(uri, "rb") as fh:
@@ -276,7 +306,8 @@ class Storage:
         if is_s3(uri):
             parsed = urlparse(uri)
             with_retries(
-                lambda: self.s3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/")), f"delete {uri}"
+                lambda: self.s3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/")),
+                f"delete {uri}",
             )
             return
         try:
@@ -296,3 +327,27 @@ class Storage:
                 except OSError:
                     pass
         return len(uris)
+
+
+def _legacy_s3_filesystem(options: dict[str, Any]) -> Any:
+    """An s3fs client behind pyarrow's legacy ``FileSystem`` interface (see
+    :meth:`Storage.petastorm_filesystem_factory`)."""
+    import warnings
+
+    import s3fs
+    from pyarrow.filesystem import DaskFileSystem
+
+    class LegacyS3FS(DaskFileSystem):
+        def isdir(self, path: str) -> bool:
+            return self.fs.isdir(path)
+
+        def isfile(self, path: str) -> bool:
+            return self.fs.isfile(path)
+
+        def walk(self, path: str) -> Iterator[tuple[str, list[str], list[str]]]:
+            for root, dirs, files in self.fs.walk(path):
+                yield root, sorted(dirs), sorted(files)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return LegacyS3FS(s3fs.S3FileSystem(**options))
