@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -19,19 +20,41 @@ DB_FLOOR = 10.0 * math.log10(AMIN)  # -100 dB: digital silence
 
 
 @lru_cache(maxsize=8)
-def mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """(n_mels, 1 + n_fft // 2) float32 Slaney mel filterbank, built once per process."""
-    import librosa
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> Any:
+    """(n_mels, 1 + n_fft // 2) Slaney mel filterbank as a CSR matrix, built once per process.
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, dtype=np.float32)
+    Each FFT bin feeds at most two filters, so the sparse product does ~1/60 of the dense work.
+    """
+    import librosa
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, dtype=np.float32))
+
+
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    import scipy.signal
+
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+
+
+def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """(1 + n_fft // 2, 1 + len(y) // hop) float32 |STFT|^2: centred, zero-padded, periodic Hann.
+
+    Same frames as ``librosa.stft(y, center=True, pad_mode="constant")``, but single-precision
+    (scipy.fft keeps float32; numpy.fft computes in float64) over a strided view, ~2x faster.
+    """
+    import scipy.fft
+
+    padded = np.pad(y.astype(np.float32, copy=False), n_fft // 2, mode="constant")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+    spec = scipy.fft.rfft(frames * _hann(n_fft), axis=-1, workers=1)
+    return (spec.real**2 + spec.imag**2).T
 
 
 def log_mel(y: np.ndarray, params: AudioConf) -> np.ndarray:
     """(n_mels, 1 + len(y) // hop_length) float32 log-mel power in dB (centred STFT, Hann)."""
-    import librosa
-
-    spec = librosa.stft(y.astype(np.float32, copy=False), n_fft=params.n_fft, hop_length=params.hop_length)
-    power = spec.real**2 + spec.imag**2
+    power = power_spectrogram(y, params.n_fft, params.hop_length)
     mel = mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
     return (10.0 * np.log10(np.maximum(mel, AMIN))).astype(np.float32)
 
