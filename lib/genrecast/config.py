@@ -87,13 +87,17 @@ class IngestConf(_Section):
 class SplitConf(_Section):
     by: Literal["artist_or_track", "track"] = "artist_or_track"
     test: float = Field(0.2, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)  # of the remaining training groups, for early stopping
     seed: int = 0
 
 
 class TrainConf(_Section):
     workers: int = Field(2, gt=0)
     epochs: int = Field(30, gt=0)
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)  # global: split across workers
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(5, ge=1)  # epochs without val_loss improvement before stopping
+    embedding_dim: int = Field(128, gt=0)
     split: SplitConf = Field(default_factory=SplitConf)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from genrecast import commit
 from genrecast.config import Config
 from genrecast.storage import Storage, join, petastorm_url
+
+IndexRow = tuple[str, str, "str | None", str]  # (track_id, audio_sha256, genre, file)
 
 
 def mels_uri(cfg: Config) -> str:
@@ -28,3 +31,20 @@ def make_mel_reader(cfg: Config, **kwargs: Any) -> Any:
     if factory is not None:
         kwargs.setdefault("filesystem", factory())
     return make_reader(petastorm_url(uri), **kwargs)
+
+
+def _index_file(uri: str, storage: Storage) -> list[IndexRow]:
+    table = storage.read_parquet(uri, columns=["track_id", "audio_sha256", "genre"])
+    columns = (table.column(c).to_pylist() for c in ("track_id", "audio_sha256", "genre"))
+    seen = set(zip(*columns, strict=True))
+    return [(t, s, g, uri) for t, s, g in sorted(seen, key=lambda r: (r[0], r[1], r[2] or ""))]
+
+
+def index_dataset(spark: Any, cfg: Config, files: list[str] | None = None) -> list[IndexRow]:
+    """One row per (track, file) in the mel dataset, read on executors (track_id, hash and
+    genre columns only: metadata-sized, never the mels)."""
+    storage = Storage.from_config(cfg)
+    files = commit.table_files(storage, mels_uri(cfg)) if files is None else files
+    if not files:
+        return []
+    return spark.sparkContext.parallelize(files, len(files)).flatMap(lambda f: _index_file(f, storage)).collect()

@@ -89,6 +89,15 @@ def min_track_seconds(params: AudioConf) -> float:
     return (params.clip_frames - 1) * params.hop_length / params.sample_rate
 
 
+def mfcc_stats(mel_db: np.ndarray, n_mfcc: int = 20) -> np.ndarray:
+    """(2 * n_mfcc,) float32: mean and std over frames of the MFCCs of one (n_mels, frames) dB
+    log-mel - the classic hand-made timbre summary, used as the baseline's features."""
+    import scipy.fft
+
+    mfcc = scipy.fft.dct(mel_db, axis=0, type=2, norm="ortho")[:n_mfcc]
+    return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)]).astype(np.float32)
+
+
 def warm_up(params: AudioConf) -> None:
     """Import librosa and build the filterbank once per worker process, off the timed path."""
     log_mel(np.zeros(params.n_fft * 2, dtype=np.float32), params)

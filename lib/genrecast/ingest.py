@@ -23,7 +23,7 @@ from genrecast import commit
 from genrecast.audio import AudioRejected, check_usable, decode_audio, extension_of
 from genrecast.catalogue import Track, list_tracks, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
-from genrecast.dataset import mels_uri, rejects_uri
+from genrecast.dataset import index_dataset, mels_uri, rejects_uri
 from genrecast.features import log_mel_clips, min_track_seconds, warm_up
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join, petastorm_url
@@ -155,14 +155,6 @@ def ingest_partition(
     yield res
 
 
-def _index_file(uri: str, storage: Storage) -> list[tuple[str, str, str | None, str]]:
-    """(track_id, sha256, genre, file) for each track in one dataset file."""
-    table = storage.read_parquet(uri, columns=["track_id", "audio_sha256", "genre"])
-    columns = (table.column(c).to_pylist() for c in ("track_id", "audio_sha256", "genre"))
-    seen = set(zip(*columns, strict=True))
-    return [(t, s, g, uri) for t, s, g in sorted(seen, key=lambda r: (r[0], r[1], r[2] or ""))]
-
-
 def _rewrite_without(uri: str, drop: frozenset[str], storage: Storage, out_uri: str) -> str | None:
     """Copy a dataset file minus the rows of ``drop`` tracks; None if nothing is left."""
     import pyarrow as pa
@@ -288,8 +280,7 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
     old_files = commit.table_files(storage, ds_uri)
     index: dict[str, tuple[str, str | None, set[str]]] = {}
     if old_files and not full:
-        rows = sc.parallelize(old_files, len(old_files)).flatMap(lambda f: _index_file(f, storage)).collect()
-        for track_id, sha, genre, f in rows:
+        for track_id, sha, genre, f in index_dataset(spark, cfg, old_files):
             entry = index.setdefault(track_id, (sha, genre, set()))
             entry[2].add(f)
     reject_files, rejected_shas, reject_keys = _previous_rejects(storage, rj_uri)
@@ -301,6 +292,9 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
         skip_sha = have[0] if have and have[1] == genre else None
         tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, None if full else rejected_shas.get(t.uri)))
 
+    # Catalogues are laid out by genre; spread each folder over all partitions (deterministic
+    # order) so every file, row group and training shard mixes genres and track lengths.
+    tasks.sort(key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
     results: list[PartitionResult] = []
     if tasks:
         n_parts = max(

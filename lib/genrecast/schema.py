@@ -6,7 +6,6 @@ configuration, so the Unischema is built from it rather than fixed at import tim
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -17,10 +16,6 @@ from petastorm.unischema import Unischema, UnischemaField
 from pyspark.sql.types import IntegerType, StringType
 
 from genrecast.config import AudioConf
-
-# petastorm 0.12 drives pyarrow 14's legacy dataset API (the pinned stack); its deprecation
-# notices are about petastorm's internals, not ours, and bury the job's own log lines.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
 
 MEL_COLUMNS = ("track_id", "clip_index", "genre", "mel", "source_uri", "audio_sha256")
 

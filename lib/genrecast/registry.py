@@ -1,0 +1,89 @@
+"""Model registry: ``<root>/models/<model_id>/`` with ``model.keras``, ``model.json`` and
+``report/``, plus a ``LATEST`` pointer. A model directory without ``model.json`` is an
+unfinished run and is never resolved; ``model.json`` is written last."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+from genrecast.config import AudioConf, Config
+from genrecast.errors import ConfigError, JobError
+from genrecast.storage import Storage, join
+
+LATEST = "LATEST"
+MODEL_FILE = "model.keras"
+MODEL_JSON = "model.json"
+_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,99}$")
+AUDIO_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "clip_seconds")
+
+
+def models_uri(cfg: Config) -> str:
+    return join(cfg.storage.root, "models")
+
+
+def model_uri(cfg: Config, model_id: str) -> str:
+    if not _ID.match(model_id):
+        raise ConfigError(f"invalid model id {model_id!r}")
+    return join(models_uri(cfg), model_id)
+
+
+def resolve_model_id(cfg: Config, spec: str = "latest") -> str:
+    """``latest`` -> the id in ``LATEST``; an id -> itself, if that model is complete."""
+    storage = Storage.from_config(cfg)
+    if spec == "latest":
+        pointer = join(models_uri(cfg), LATEST)
+        if not storage.exists(pointer):
+            raise ConfigError(f"no trained model yet under {models_uri(cfg)} (run genrecast train)")
+        spec = storage.read_bytes(pointer).decode().strip()
+    if not storage.exists(join(model_uri(cfg, spec), MODEL_JSON)):
+        raise ConfigError(f"model {spec!r} not found (or unfinished) under {models_uri(cfg)}")
+    return spec
+
+
+def read_model_json(cfg: Config, model_id: str) -> dict[str, Any]:
+    storage = Storage.from_config(cfg)
+    return json.loads(storage.read_bytes(join(model_uri(cfg, model_id), MODEL_JSON)))
+
+
+def check_audio_params(meta: dict[str, Any], audio: AudioConf, model_id: str) -> None:
+    """A model only understands mels made with its own audio parameters."""
+    trained = meta["audio"]
+    diffs = [
+        f"{k}: model {trained[k]} vs config {getattr(audio, k)}" for k in AUDIO_KEYS if trained[k] != getattr(audio, k)
+    ]
+    if diffs:
+        raise ConfigError(f"model {model_id} was trained with other audio settings ({'; '.join(diffs)})")
+
+
+def publish(cfg: Config, model_id: str, meta: dict[str, Any]) -> str:
+    """Write ``model.json`` (the model is complete from here on) and move ``LATEST`` to it."""
+    storage = Storage.from_config(cfg)
+    storage.write_bytes(join(model_uri(cfg, model_id), MODEL_JSON), json.dumps(meta, indent=2).encode())
+    storage.write_bytes(join(models_uri(cfg), LATEST), model_id.encode())
+    return model_uri(cfg, model_id)
+
+
+def load_keras_file(cfg: Config, model_id: str) -> Any:
+    """The Keras model of ``model_id`` (no compatibility check: see :func:`load_model`)."""
+    from genrecast.model import load_model as load_keras
+
+    data = Storage.from_config(cfg).read_bytes(join(model_uri(cfg, model_id), MODEL_FILE))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, MODEL_FILE)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        try:
+            return load_keras(path)
+        except Exception as exc:
+            raise JobError(f"model {model_id}: cannot load {MODEL_FILE}: {exc}") from exc
+
+
+def load_model(cfg: Config, model_id: str) -> tuple[Any, dict[str, Any]]:
+    """(Keras model, model.json) after checking the audio parameters match the config."""
+    meta = read_model_json(cfg, model_id)
+    check_audio_params(meta, cfg.audio, model_id)
+    return load_keras_file(cfg, model_id), meta

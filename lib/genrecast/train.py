@@ -1,0 +1,318 @@
+"""Train job: Petastorm mel dataset -> Spark barrier stage -> MultiWorkerMirroredStrategy CNN
+-> model registry + evaluation report.
+
+Driver: index the dataset and split by artist/track -> one Spark pass over the dataset files
+for per-band normalisation (train split) and MFCC statistics (baseline) -> barrier stage of
+``workers`` tasks, each running :mod:`genrecast.train_worker` in a fresh process with
+``TF_CONFIG`` -> evaluate the saved model on the test split, against the baseline -> report,
+``model.json``, ``LATEST``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from genrecast import __version__, commit, registry, report
+from genrecast.catalogue import load_labels
+from genrecast.config import Config
+from genrecast.dataset import index_dataset, mels_uri
+from genrecast.errors import JobError
+from genrecast.split import TEST, TRAIN, VAL, LabelledTrack, assign_splits, split_counts
+from genrecast.storage import Storage, join
+
+log = logging.getLogger(__name__)
+SHUFFLE_BUFFER = 2048
+
+
+@dataclass
+class TrainResult:
+    model_id: str
+    model_uri: str
+    report_uri: str
+    metrics: dict[str, Any]
+    workers: list[dict[str, Any]]
+    report_text: str
+
+
+def _file_stats(uri: str, storage: Storage, train_ids: frozenset[str]) -> tuple[np.ndarray, np.ndarray, int, list]:
+    """Executor: per-band sums over train clips, and MFCC statistics of every labelled clip."""
+    from genrecast.features import mfcc_stats
+
+    table = storage.read_parquet(uri, columns=["track_id", "clip_index", "genre", "mel"])
+    band_sum = band_sq = None
+    frames = 0
+    feats = []
+    for track_id, clip_index, genre, blob in zip(
+        *(table.column(c).to_pylist() for c in table.column_names), strict=True
+    ):
+        if genre is None:
+            continue
+        mel = np.load(io.BytesIO(blob))
+        feats.append((track_id, clip_index, mfcc_stats(mel).tolist()))
+        if track_id in train_ids:
+            s, q = mel.sum(axis=1, dtype=np.float64), np.square(mel, dtype=np.float64).sum(axis=1)
+            band_sum = s if band_sum is None else band_sum + s
+            band_sq = q if band_sq is None else band_sq + q
+            frames += mel.shape[1]
+    return band_sum, band_sq, frames, feats
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _set_parent_death_signal() -> None:
+    """Kill the TF process if its Spark task dies (Linux), so nothing is left hanging."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _barrier_task(spec_base: dict[str, Any], storage: Storage, model_dir: str) -> Any:
+    """Runs in each barrier task: gather addresses -> TF_CONFIG -> fresh TF worker process."""
+
+    def task(_: Any) -> Any:
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        rank = ctx.partitionId()
+        host = ctx.getTaskInfos()[rank].address.split(":")[0]
+        addresses = ctx.allGather(f"{host}:{_free_port()}")
+        spec = dict(spec_base, rank=rank, workers=len(addresses))
+        with tempfile.TemporaryDirectory(prefix=f"genrecast-train{rank}-") as tmp:
+            spec.update(
+                out_dir=os.path.join(tmp, "model"),
+                scratch_dir=os.path.join(tmp, "scratch"),
+                result_path=os.path.join(tmp, "result.json"),
+            )
+            spec_path = os.path.join(tmp, "spec.json")
+            with open(spec_path, "w") as fh:
+                json.dump(spec, fh)
+            env = dict(
+                os.environ,
+                TF_CONFIG=json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": rank}}),
+            )
+            proc = subprocess.run(
+                [sys.executable, "-m", "genrecast.train_worker", spec_path],
+                env=env,
+                preexec_fn=_set_parent_death_signal,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"train worker {rank} exited with {proc.returncode} (see its log above)")
+            with open(spec["result_path"]) as fh:
+                result = json.load(fh)
+            if rank == 0:
+                with open(os.path.join(spec["out_dir"], registry.MODEL_FILE), "rb") as fh:
+                    storage.write_bytes(join(model_dir, registry.MODEL_FILE), fh.read())
+        ctx.barrier()
+        yield result
+
+    return task
+
+
+def _labelled_tracks(cfg: Config, spark: Any) -> tuple[list[LabelledTrack], str, dict[str, int]]:
+    """Labelled tracks in the dataset (genres in config order), a dataset fingerprint, clip counts."""
+    storage = Storage.from_config(cfg)
+    rows = index_dataset(spark, cfg)
+    if not rows:
+        raise JobError(f"no mel dataset at {mels_uri(cfg)}: run genrecast ingest first")
+    labels, _ = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
+    known = set(cfg.genres)
+    tracks, fingerprint = [], hashlib.sha256()
+    for track_id, sha, genre, _file in sorted(set((r[0], r[1], r[2], "") for r in rows)):
+        if genre in known:
+            artist = labels[track_id].artist if track_id in labels else None
+            tracks.append(LabelledTrack(track_id, genre, artist))
+            fingerprint.update(f"{track_id}\0{sha}\0{genre}\n".encode())
+    return tracks, fingerprint.hexdigest(), Counter(t.genre for t in tracks)
+
+
+def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int | None = None) -> TrainResult:
+    started = time.monotonic()
+    storage = Storage.from_config(cfg)
+    workers = workers or cfg.train.workers
+    epochs = epochs or cfg.train.epochs
+    tracks, fingerprint, per_genre = _labelled_tracks(cfg, spark)
+    genre_of = {t.track_id: t.genre for t in tracks}
+    genres = [g for g in cfg.genres if per_genre.get(g)]
+    missing = [g for g in cfg.genres if not per_genre.get(g)]
+    if missing:
+        log.warning("train: no labelled tracks for %s; the model covers %d genres", ", ".join(missing), len(genres))
+    if len(genres) < 2:
+        raise JobError(f"need labelled tracks of at least 2 genres in {mels_uri(cfg)}, found {genres or 'none'}")
+    split = cfg.train.split
+    assignment = assign_splits(tracks, test=split.test, val=split.val, seed=split.seed, by=split.by)
+    counts = split_counts(assignment)
+    log.info("train: %d labelled tracks, %d genres; split by %s: %s", len(tracks), len(genres), split.by, counts)
+
+    files = commit.table_files(storage, mels_uri(cfg))
+    train_ids = frozenset(t for t, s in assignment.items() if s == TRAIN)
+    stats = (
+        spark.sparkContext.parallelize(files, len(files)).map(lambda f: _file_stats(f, storage, train_ids)).collect()
+    )
+    band_sum = sum(s[0] for s in stats if s[0] is not None)
+    band_sq = sum(s[1] for s in stats if s[1] is not None)
+    frames = sum(s[2] for s in stats)
+    band_mean = band_sum / frames
+    band_std = np.sqrt(np.maximum(band_sq / frames - band_mean**2, 1e-6))
+    clip_feats = [f for s in stats for f in s[3] if f[0] in assignment and genre_of[f[0]] in genres]
+    clips_per_split = Counter(assignment[f[0]] for f in clip_feats)
+    global_batch = cfg.train.batch_size
+    steps = max(1, math.ceil(clips_per_split[TRAIN] / global_batch))
+    log.info(
+        "train: clips train %d / val %d / test %d; %d workers, global batch %d, %d steps per epoch",
+        clips_per_split[TRAIN],
+        clips_per_split[VAL],
+        clips_per_split[TEST],
+        workers,
+        global_batch,
+        steps,
+    )
+
+    model_id = commit.new_run_id()
+    model_dir = registry.model_uri(cfg, model_id)
+    spec = {
+        "config": cfg.model_dump(mode="json"),
+        "genres": genres,
+        "seed": split.seed,
+        "train_tracks": sorted(train_ids),
+        "val_tracks": sorted(t for t, s in assignment.items() if s == VAL),
+        "band_mean": band_mean.tolist(),
+        "band_std": band_std.tolist(),
+        "epochs": epochs,
+        "steps_per_epoch": steps,
+        "batch_size": global_batch,
+        "learning_rate": cfg.train.learning_rate,
+        "patience": cfg.train.patience,
+        "embedding_dim": cfg.train.embedding_dim,
+        "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
+        "threads": int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
+    }
+    from genrecast.spark import with_progress
+
+    rdd = (
+        spark.sparkContext.parallelize(range(workers), workers)
+        .barrier()
+        .mapPartitions(_barrier_task(spec, storage, model_dir))
+    )
+    t_train = time.monotonic()
+    results = sorted(with_progress(spark, "train", rdd.collect, every=30.0), key=lambda r: r["rank"])
+    train_seconds = time.monotonic() - t_train
+    digests = {r["weights_sha256"] for r in results}
+    if len(digests) != 1:
+        raise JobError(f"workers ended with different weights ({len(digests)} digests): replicas diverged")
+
+    metrics = evaluate(cfg, model_id, genres, assignment, genre_of, clip_feats)
+    chief = results[0]
+    metrics["training"] = {
+        "workers": workers,
+        "epochs_run": chief["epochs_run"],
+        "seconds": train_seconds,
+        "seconds_per_epoch": float(np.mean(chief["epoch_seconds"])) if chief["epoch_seconds"] else None,
+        "train_clips_per_s_per_worker": chief["train_clips_per_s"],
+        "input_pipeline_clips_per_s_per_worker": chief["pipeline_clips_per_s"],
+        "params": chief["params"],
+    }
+    report_uri = write_report(cfg, model_id, metrics, chief["history"], genres)
+    meta = {
+        "model_id": model_id,
+        "genres": genres,
+        "audio": cfg.audio.model_dump(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "package_version": __version__,
+        "normalisation": {"band_mean": band_mean.tolist(), "band_std": band_std.tolist()},
+        "split": {**split.model_dump(), "counts": counts, "tracks": assignment},
+        "dataset": {"uri": mels_uri(cfg), "fingerprint": fingerprint, "tracks": len(tracks)},
+        "embedding_dim": cfg.train.embedding_dim,
+        "params": chief["params"],
+        "metrics": {k: metrics[k]["accuracy"] for k in ("cnn_track", "cnn_clip", "baseline_track")},
+        "training": metrics["training"],
+        "weights_sha256": chief["weights_sha256"],
+    }
+    uri = registry.publish(cfg, model_id, meta)
+    log.info("train: model %s published in %.0fs", model_id, time.monotonic() - started)
+    return TrainResult(model_id, uri, report_uri, metrics, results, report.format_report(metrics))
+
+
+def evaluate(
+    cfg: Config,
+    model_id: str,
+    genres: list[str],
+    assignment: dict[str, str],
+    genre_of: dict[str, str],
+    clip_feats: list,
+) -> dict[str, Any]:
+    """Test-split metrics of the saved model (clip and track level) and of the MFCC baseline."""
+    from genrecast.model import inference_model
+    from genrecast.train_worker import load_clips
+
+    model = registry.load_keras_file(cfg, model_id)
+    test_tracks = sorted(t for t, s in assignment.items() if s == TEST)
+    x, y, clip_tracks = load_clips(cfg, test_tracks, genres)
+    probs, _embedding = inference_model(model).predict(x, batch_size=64, verbose=0)
+    cnn_clip = report.classification_metrics(y, probs.argmax(1), genres)
+    index = {g: i for i, g in enumerate(genres)}
+    order, track_probs = report.track_mean(clip_tracks, probs)
+    cnn_track = report.classification_metrics([index[genre_of[t]] for t in order], track_probs.argmax(1), genres)
+
+    # Baseline: per-track mean of clip MFCC statistics; trained on train + val, tested on test.
+    ids = [t for t, _c, _v in clip_feats]
+    tids, tfeat = report.track_mean(ids, np.asarray([v for _t, _c, v in clip_feats], np.float32))
+    y_all = np.asarray([index[genre_of[t]] for t in tids])
+    fit_rows = [i for i, t in enumerate(tids) if assignment[t] != TEST]
+    test_rows = [i for i, t in enumerate(tids) if assignment[t] == TEST]
+    pred = report.baseline_mfcc_logreg(tfeat[fit_rows], y_all[fit_rows], tfeat[test_rows], cfg.train.split.seed)
+    baseline = report.classification_metrics(y_all[test_rows], pred, genres)
+    return {"cnn_clip": cnn_clip, "cnn_track": cnn_track, "baseline_track": baseline}
+
+
+def write_report(
+    cfg: Config, model_id: str, metrics: dict[str, Any], history: dict[str, list[float]], genres: list[str]
+) -> str:
+    """metrics.json, confusion.png (CNN, track level), baseline_confusion.png, curves.png, report.txt."""
+    storage = Storage.from_config(cfg)
+    out = join(registry.model_uri(cfg, model_id), "report")
+    with tempfile.TemporaryDirectory() as tmp:
+        report.plot_confusion(
+            metrics["cnn_track"]["confusion"],
+            genres,
+            os.path.join(tmp, "confusion.png"),
+            f"CNN, test tracks (accuracy {metrics['cnn_track']['accuracy']:.2f})",
+        )
+        report.plot_confusion(
+            metrics["baseline_track"]["confusion"],
+            genres,
+            os.path.join(tmp, "baseline_confusion.png"),
+            f"MFCC + logistic regression (accuracy {metrics['baseline_track']['accuracy']:.2f})",
+        )
+        report.plot_curves(history, os.path.join(tmp, "curves.png"))
+        with open(os.path.join(tmp, "metrics.json"), "w") as fh:
+            json.dump({**metrics, "history": history, "genres": genres}, fh, indent=2)
+        with open(os.path.join(tmp, "report.txt"), "w") as fh:
+            fh.write(report.format_report(metrics) + "\n")
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as fh:
+                storage.write_bytes(join(out, name), fh.read())
+    return out

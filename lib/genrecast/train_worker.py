@@ -1,0 +1,194 @@
+"""One TensorFlow worker of a distributed training run: ``python -m genrecast.train_worker SPEC``.
+
+Started by a Spark barrier task (see :mod:`genrecast.train`) in a fresh process with
+``TF_CONFIG`` set, so TensorFlow's collective runtime starts clean every run (a reused Spark
+Python worker cannot re-initialise MultiWorkerMirroredStrategy). Reads its own Petastorm shard
+(``cur_shard``/``shard_count``), trains with ``MultiWorkerMirroredStrategy`` and writes a JSON
+result. The chief (worker 0) saves the model; the others save to a scratch directory, as
+MultiWorkerMirroredStrategy requires every worker to take part in saving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def log(rank: int, msg: str) -> None:
+    print(f"[train worker {rank}] {msg}", file=sys.stderr, flush=True)
+
+
+def _reader(cfg: Any, tracks: list[str], **kwargs: Any) -> Any:
+    from petastorm.predicates import in_set
+
+    from genrecast.dataset import make_mel_reader
+
+    return make_mel_reader(
+        cfg, schema_fields=["track_id", "genre", "mel"], predicate=in_set(set(tracks), "track_id"), **kwargs
+    )
+
+
+def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids."""
+    index = {g: i for i, g in enumerate(genres)}
+    xs, ys, ids = [], [], []
+    if tracks:
+        with _reader(cfg, tracks, num_epochs=1, shuffle_row_groups=False, workers_count=2) as reader:
+            for row in reader:
+                xs.append(row.mel)
+                ys.append(index[row.genre])
+                ids.append(row.track_id)
+    if not xs:
+        return np.zeros((0, cfg.audio.n_mels, cfg.audio.clip_frames), np.float32), np.zeros(0, np.int32), []
+    return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32), ids
+
+
+def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
+    """Endless shuffled (mel, label) batches from this worker's Petastorm shard of the train split."""
+    import tensorflow as tf
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    reader = _reader(
+        cfg,
+        spec["train_tracks"],
+        num_epochs=None,
+        cur_shard=spec["rank"],
+        shard_count=spec["workers"],
+        shuffle_row_groups=True,
+        seed=spec["seed"] + spec["rank"],
+        workers_count=2,
+    )
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(spec["genres"]), tf.range(len(spec["genres"]), dtype=tf.int32)),
+        default_value=-1,
+    )
+    ds = make_petastorm_dataset(reader).map(lambda r: (r.mel, table.lookup(r.genre)), num_parallel_calls=2)
+    ds = ds.shuffle(spec["shuffle_buffer"], seed=spec["seed"]).batch(per_replica_batch, drop_remainder=True)
+    options = tf.data.Options()
+    # Sharding is petastorm's (row groups per worker); tf.data must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(4), reader
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from genrecast.config import Config
+    from genrecast.model import build_model, compile_model, keras, weights_digest
+
+    rank, workers = spec["rank"], spec["workers"]
+    threads = int(spec.get("threads", 1))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    cfg = Config.model_validate(spec["config"])
+    tf.keras.utils.set_random_seed(spec["seed"])  # same initial weights on every worker
+    k = keras()
+
+    val_x, val_y, _ = load_clips(cfg, spec["val_tracks"], spec["genres"])
+    log(rank, f"{len(val_y)} validation clips in memory; training on shard {rank + 1}/{workers}")
+    global_batch = spec["batch_size"]
+    per_replica = max(1, global_batch // strategy.num_replicas_in_sync)
+    readers = []
+
+    def dataset_fn(input_context: Any) -> Any:
+        ds, reader = train_dataset(cfg, spec, input_context.get_per_replica_batch_size(global_batch))
+        readers.append(reader)
+        return ds
+
+    with strategy.scope():
+        model = compile_model(
+            build_model(
+                cfg.audio.n_mels,
+                cfg.audio.clip_frames,
+                len(spec["genres"]),
+                np.asarray(spec["band_mean"]),
+                np.asarray(spec["band_std"]),
+                embedding_dim=spec["embedding_dim"],
+            ),
+            spec["learning_rate"],
+        )
+    if rank == 0:
+        log(rank, f"model {model.name}: {model.count_params():,} parameters")
+
+    class EpochLog(k.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            secs = time.perf_counter() - self.t0
+            clips = spec["steps_per_epoch"] * per_replica
+            logs = logs or {}
+            if rank == 0:
+                log(
+                    rank,
+                    f"epoch {epoch + 1}/{spec['epochs']}: loss {logs.get('loss', 0):.3f} "
+                    f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', float('nan')):.3f} "
+                    f"val_acc {logs.get('val_accuracy', float('nan')):.3f} {secs:.1f}s "
+                    f"({clips / secs:.0f} clips/s per worker)",
+                )
+            epoch_seconds.append(secs)
+
+    epoch_seconds: list[float] = []
+    callbacks: list[Any] = [EpochLog()]
+    has_val = len(val_y) > 0
+    if has_val:
+        callbacks.append(
+            k.callbacks.EarlyStopping(monitor="val_loss", patience=spec["patience"], restore_best_weights=True)
+        )
+    history = model.fit(
+        k.utils.experimental.DatasetCreator(dataset_fn),
+        epochs=spec["epochs"],
+        steps_per_epoch=spec["steps_per_epoch"],
+        validation_data=(val_x, val_y) if has_val else None,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    # Input pipeline alone, same batches: does it keep up with training?
+    probe_ds, probe_reader = train_dataset(cfg, spec, per_replica)
+    probe_batches = min(20, spec["steps_per_epoch"])
+    t0 = time.perf_counter()
+    for _ in probe_ds.take(probe_batches):
+        pass
+    pipeline_clips_per_s = probe_batches * per_replica / (time.perf_counter() - t0)
+    probe_reader.stop()
+    probe_reader.join()
+
+    out_dir = spec["out_dir"] if rank == 0 else os.path.join(spec["scratch_dir"], f"worker{rank}")
+    os.makedirs(out_dir, exist_ok=True)
+    model.save(os.path.join(out_dir, "model.keras"))
+    for reader in readers:
+        reader.stop()
+        reader.join()
+    train_seconds = float(sum(epoch_seconds))
+    return {
+        "rank": rank,
+        "weights_sha256": weights_digest(model),
+        "epochs_run": len(epoch_seconds),
+        "history": {key: [float(v) for v in vals] for key, vals in history.history.items()},
+        "epoch_seconds": epoch_seconds,
+        "train_clips_per_s": spec["steps_per_epoch"] * per_replica * len(epoch_seconds) / max(train_seconds, 1e-9),
+        "pipeline_clips_per_s": pipeline_clips_per_s,
+        "params": int(model.count_params()),
+    }
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[0]) as fh:
+        spec = json.load(fh)
+    result = run(spec)
+    with open(spec["result_path"], "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
