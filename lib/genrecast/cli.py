@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from genrecast import __version__
 from genrecast.config import Config, load_config
-from genrecast.errors import GenrecastError
+from genrecast.errors import ConfigError, GenrecastError
 
 log = logging.getLogger("genrecast")
 DEFAULT_CONF = "conf/local.yaml"
@@ -29,6 +29,41 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("py4j", "botocore", "boto3", "s3transfer", "urllib3", "numba", "fsspec", "s3fs", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_demo_catalogue(cfg: Config, args: argparse.Namespace) -> int:
+    import time
+
+    from genrecast.democat import render_demo_catalogue
+    from genrecast.storage import Storage
+
+    started = time.monotonic()
+    demo = cfg.demo
+    if not cfg.catalogue.labels_uri:
+        raise ConfigError("demo-catalogue writes labels: set catalogue.labels_uri")
+    summary = render_demo_catalogue(
+        Storage.from_config(cfg),
+        cfg.catalogue.audio_uri,
+        cfg.catalogue.labels_uri,
+        args.genres or cfg.genres,
+        args.tracks_per_genre or demo.tracks_per_genre,
+        args.seconds or demo.seconds,
+        demo.seed if args.seed is None else args.seed,
+        cache_dir=demo.cache_dir,
+        progress=lambda line: log.info("demo-catalogue %s", line),
+        workers=demo.workers,
+    )
+    per_genre = ", ".join(f"{g} {n}" for g, n in sorted(summary.per_genre.items()))
+    print(f"demo catalogue: {summary.tracks} tracks ({per_genre}) in {cfg.catalogue.audio_uri}")
+    print(f"  {summary.written} written, {summary.unchanged} unchanged, {summary.cache_hits} from cache, "
+          f"{len(summary.failures)} failed; {summary.total_bytes / 1e6:.1f} MB; "
+          f"{time.monotonic() - started:.0f}s wall ({summary.render_seconds:.0f}s of rendering)")
+    if summary.unsupported_genres:
+        print(f"  no recipe for: {', '.join(summary.unsupported_genres)} (add audio and labels for them yourself)")
+    for failure in summary.failures:
+        print(f"  failed: {failure.track_id}: {failure.reason}")
+    print(f"  labels: {summary.labels_uri}")
+    return 0
 
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
@@ -91,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"genrecast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo-catalogue",
+        parents=[common],
+        help="render a genre-labelled demo catalogue (MIDI grooves and scores) into the catalogue",
+        description="Render demo tracks offline (mma grooves and music21 scores through fluidsynth) "
+        "into catalogue.audio_uri as wav/flac/ogg/mp3, and write catalogue.labels_uri. "
+        "Deterministic for a seed; renders are cached in demo.cache_dir. This is rendered MIDI, "
+        "not studio recordings: see README.",
+    )
+    p.add_argument("--tracks-per-genre", type=_positive, metavar="N", help="default: demo.tracks_per_genre")
+    p.add_argument("--genres", nargs="+", metavar="GENRE", help="default: the configured genres")
+    p.add_argument("--seed", type=int, help="default: demo.seed")
+    p.add_argument("--seconds", type=float, help="track length (default: demo.seconds)")
+    p.set_defaults(func=cmd_demo_catalogue)
 
     p = sub.add_parser(
         "ingest",

@@ -101,6 +101,25 @@ class TrainConf(_Section):
     split: SplitConf = Field(default_factory=SplitConf)
 
 
+class DemoConf(_Section):
+    """`genrecast demo-catalogue`: rendered MIDI written into the configured catalogue."""
+
+    tracks_per_genre: int = Field(20, gt=0)
+    seconds: float = Field(30.0, gt=0, le=600)
+    seed: int = 0
+    cache_dir: str | None = "data/cache/demo"  # local folder of rendered audio (None: no cache)
+    workers: int = Field(2, gt=0)  # renders in parallel (external fluidsynth/mma processes)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import os
+
+        return os.path.abspath(os.path.expanduser(value))
+
+
 class Config(_Section):
     spark: SparkConf = Field(default_factory=SparkConf)
     storage: StorageConf = Field(default_factory=StorageConf)
@@ -109,6 +128,7 @@ class Config(_Section):
     genres: list[str] = Field(default_factory=lambda: list(DEFAULT_GENRES))
     ingest: IngestConf = Field(default_factory=IngestConf)
     train: TrainConf = Field(default_factory=TrainConf)
+    demo: DemoConf = Field(default_factory=DemoConf)
 
     @field_validator("genres")
     @classmethod

@@ -1,0 +1,267 @@
+"""Demo catalogue: pure planning, MIDI/Ogg helpers, guards, and a tiny real render (mma,
+fluidsynth, music21) checked for formats, lengths, labels and byte-for-byte determinism."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import shutil
+import stat
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from genrecast import democat
+from genrecast.democat import (
+    FORMATS,
+    GENRES,
+    RenderError,
+    chord_symbol,
+    encode,
+    genre_dir,
+    midi_facts,
+    midi_with_sound_off,
+    ogg_with_serial,
+    plan_tracks,
+    recipe_for,
+    render_catalogue,
+    render_demo_catalogue,
+    run_guarded,
+)
+from genrecast.errors import ConfigError
+from genrecast.storage import Storage
+
+ALL_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+
+
+def _have_renderers() -> bool:
+    try:
+        import music21  # noqa: F401
+    except ImportError:
+        return False
+    return bool(shutil.which("mma") and shutil.which("fluidsynth") and any(map(os.path.isfile, democat.SOUNDFONTS)))
+
+
+needs_renderers = pytest.mark.skipif(not _have_renderers(), reason="mma, fluidsynth, a GM soundfont and music21 needed")
+
+
+# -- planning ------------------------------------------------------------------------------
+def test_plan_is_deterministic_and_covers_every_genre_family_and_format():
+    plans = plan_tracks(ALL_GENRES, 12, seed=3)
+    assert plans == plan_tracks(ALL_GENRES, 12, seed=3)
+    assert plans != plan_tracks(ALL_GENRES, 12, seed=4)
+    assert len({p.track_id for p in plans}) == len(plans) == 120
+    for genre in ALL_GENRES:
+        mine = [p for p in plans if p.genre == genre]
+        assert [p.track_id for p in mine] == [f"{genre}/{genre}-{i:03d}" for i in range(12)]
+        assert {p.ext for p in mine} == set(FORMATS)  # formats rotate within a genre
+        assert len({p.artist for p in mine}) >= 3  # families take turns
+        assert all(p.artist.startswith(("mma:", "music21:")) for p in mine)
+    for p in plans:
+        if p.renderer == "mma":
+            assert p.progression and p.key and p.beats in (3, 4) and len(p.source) == 2
+        else:
+            assert p.genre == "classical" and p.source[0].endswith((".mxl", ".xml", ".krn"))
+            assert p.arrangement in {"score", *democat.ARRANGEMENTS} and -2 <= p.transpose <= 2
+
+
+def test_more_tracks_only_add_tracks():
+    assert plan_tracks(["jazz", "rock"], 5, seed=1)[:5] == plan_tracks(["jazz", "rock"], 8, seed=1)[:5]
+
+
+def test_genres_without_recipe_are_left_out_and_names_become_ids():
+    assert genre_dir("Brazilian Funk") == "brazilian_funk"
+    assert recipe_for("Hip-Hop") is GENRES["hiphop"] and recipe_for("brazilian funk") is None
+    plans = plan_tracks(["Jazz", "brazilian funk"], 2, seed=0)
+    assert [(p.track_id, p.genre) for p in plans] == [("jazz/jazz-000", "Jazz"), ("jazz/jazz-001", "Jazz")]
+    with pytest.raises(ConfigError):
+        plan_tracks(["rock", "Rock"], 1, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("numeral", "key", "chord"),
+    [("I", "C", "C"), ("ii7", "F", "Gm7"), ("V7", "Bb", "F7"), ("bVII", "E", "D"), ("i5", "E", "E5"),
+     ("bVI5", "C#", "A5"), ("iim7b5", "C", "Dm7b5"), ("Imaj7", "Eb", "Ebmaj7"), ("vi", "G", "Em")],
+)
+def test_chord_symbols(numeral, key, chord):
+    assert chord_symbol(numeral, key) == chord
+
+
+def test_every_recipe_names_known_kits_and_parsable_progressions():
+    for recipe in GENRES.values():
+        for prog in recipe.progressions:
+            for key in recipe.keys:
+                democat.progression_chords(prog, key)
+        for style in recipe.styles:
+            assert set(getattr(style, "kits", ())) <= set(democat.KITS)
+
+
+def test_mma_song_covers_the_length_and_adds_the_kit():
+    plan = next(p for p in plan_tracks(["reggae"], 12, seed=0) if p.arrangement)
+    song, bars = democat.mma_song(plan, 30.0)
+    assert bars * plan.beats * 60 / plan.tempo >= 31.0
+    assert f"RndSeed {plan.variation}" in song and democat.KITS[plan.arrangement].strip() in song
+    assert song.count("\n") > bars
+
+
+# -- MIDI / encoding helpers ---------------------------------------------------------------
+def _midi(events: bytes, ppq: int = 480) -> bytes:
+    track = events + b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, ppq) + b"MTrk" + struct.pack(">I", len(track)) + track
+
+
+def test_midi_facts_apply_the_tempo_map_and_sound_off_keeps_the_length():
+    # 1 quarter at 120 bpm (0.5 s), then tempo 60 bpm, then 1 quarter (1 s); notes on ch 0 and 9.
+    events = (b"\x00\x90\x3c\x64" + b"\x00\x99\x24\x64" + b"\x83\x60\x80\x3c\x00"
+              + b"\x00\xff\x51\x03\x0f\x42\x40" + b"\x83\x60\x89\x24\x00")
+    data = _midi(events)
+    facts = midi_facts(data)
+    assert facts.seconds == pytest.approx(1.5)
+    assert facts.notes == {0: 1, 9: 1} and facts.pitched_channels == 1
+    fixed = midi_with_sound_off(data)
+    assert struct.unpack(">HH", fixed[8:12]) == (1, 2)
+    assert midi_facts(fixed).seconds == pytest.approx(1.5)
+    with pytest.raises(RenderError):
+        midi_facts(data[:30])
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_encoding_is_deterministic_and_readable(ext):
+    t = np.arange(22050 * 2) / 22050
+    pcm = (np.sin(2 * np.pi * 440 * t) * 20000).astype(np.int16)
+    first, second = encode(pcm, ext), encode(pcm, ext)
+    assert first == second
+    decoded, rate = sf.read(io.BytesIO(first), dtype="int16")
+    assert rate == 22050 and len(decoded) == len(pcm)
+
+
+def test_ogg_serial_rewrite_is_idempotent_and_valid():
+    data = encode(np.zeros(22050, dtype=np.int16) + 1000, "ogg")
+    assert ogg_with_serial(data) == data
+    assert struct.unpack_from("<I", data, 14)[0] == democat.OGG_SERIAL
+    sf.read(io.BytesIO(ogg_with_serial(data, serial=7)))  # CRCs recomputed: still decodable
+
+
+# -- guards --------------------------------------------------------------------------------
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_guard_stops_a_render_that_runs_too_long(tmp_path):
+    slow = _script(tmp_path / "slow", "exec sleep 30\n")
+    started = time.monotonic()
+    with pytest.raises(RenderError, match="timed out after 1s"):
+        run_guarded([slow], "fake", 1, 2**20, str(tmp_path))
+    assert time.monotonic() - started < 10
+
+
+def test_guard_caps_the_file_size(tmp_path):
+    filler = _script(tmp_path / "filler", "exec head -c 50000000 /dev/zero > out.wav\n")
+    with pytest.raises(RenderError, match="file-size limit"):
+        run_guarded([filler], "fake", 30, 2**20, str(tmp_path))
+    assert (tmp_path / "out.wav").stat().st_size <= 2**20
+
+
+def test_guard_reports_a_failing_tool(tmp_path):
+    failing = _script(tmp_path / "failing", "echo 'Error: no such groove' >&2; exit 3\n")
+    with pytest.raises(RenderError, match="exit 3.*no such groove"):
+        run_guarded([failing], "fake", 30, 2**20, str(tmp_path))
+
+
+# -- real renders --------------------------------------------------------------------------
+def _sha256s(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@needs_renderers
+def test_tiny_catalogue_formats_lengths_labels_determinism_and_cache(tmp_path):
+    genres, per_genre, seconds = ["jazz", "classical"], 2, 4.0
+    # A seed whose plan uses all four formats (formats rotate per genre from a seeded start).
+    seed = next(s for s in range(100) if {p.ext for p in plan_tracks(genres, per_genre, s)} == set(FORMATS))
+    storage, cache = Storage(), str(tmp_path / "cache")
+    a = tmp_path / "a"
+    lines: list[str] = []
+    summary = render_demo_catalogue(storage, str(a / "audio"), str(a / "labels.csv"), genres, per_genre, seconds,
+                                    seed, cache_dir=cache, progress=lines.append)
+    assert summary.failures == [] and summary.tracks == summary.written == 4 and len(lines) == 4
+    assert summary.per_genre == {"jazz": 2, "classical": 2}
+
+    files = sorted(p for p in (a / "audio").rglob("*") if p.is_file())
+    assert {p.suffix.lstrip(".") for p in files} == set(FORMATS)
+    assert summary.total_bytes == sum(p.stat().st_size for p in files)
+    for path in files:
+        info = sf.info(str(path))
+        assert abs(info.frames / info.samplerate - seconds) < 0.1, path
+        samples, _ = sf.read(str(path), dtype="float32")
+        assert np.abs(samples).max() > 0.1, path  # not silent
+    with open(a / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["track_id", "genre", "artist"]
+    assert sorted(r["track_id"] for r in rows) == sorted(str(p.relative_to(a / "audio").with_suffix("")) for p in files)
+    assert {r["genre"] for r in rows} == set(genres) and all(r["artist"] for r in rows)
+
+    # Same seed, fresh directory, no cache: byte-identical audio and labels.
+    b = tmp_path / "b"
+    render_demo_catalogue(storage, str(b / "audio"), str(b / "labels.csv"), genres, per_genre, seconds, seed)
+    assert _sha256s(a) == _sha256s(b)
+
+    # Again into the first directory: everything from the cache, nothing rewritten; a stale copy of
+    # a track in another format is removed.
+    first = files[0]
+    stale = first.with_suffix(".wav" if first.suffix != ".wav" else ".mp3")
+    stale.write_bytes(b"old")
+    started = time.monotonic()
+    again = render_demo_catalogue(storage, str(a / "audio"), str(a / "labels.csv"), genres, per_genre, seconds,
+                                  seed, cache_dir=cache)
+    assert time.monotonic() - started < 5
+    assert (again.unchanged, again.written, again.cache_hits) == (4, 0, 4)
+    assert not stale.exists() and _sha256s(a) == _sha256s(b)
+
+
+class MemoryStorage(Storage):
+    """Objects in a dict: shows that every output goes through Storage, s3:// URIs included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects: dict[str, bytes] = {}
+
+    def list_files(self, prefix):
+        return iter(sorted((u, len(d)) for u, d in self.objects.items() if u.startswith(prefix.rstrip("/") + "/")))
+
+    def exists(self, uri):
+        return uri in self.objects
+
+    def read_bytes(self, uri):
+        return self.objects[uri]
+
+    def write_bytes(self, uri, data):
+        self.objects[uri] = bytes(data)
+
+    def delete(self, uri):
+        self.objects.pop(uri, None)
+
+
+@needs_renderers
+def test_a_failed_render_is_skipped_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = plan_tracks(["rock"], 1, seed=0)[0]
+    bogus = dataclasses.replace(good, track_id="rock/rock-001", source=("stdlib/nosuchfile:Nope",) * 2)
+    storage = MemoryStorage()
+    summary = render_catalogue(storage, [good, bogus], "s3://bucket/demo/audio", "s3://bucket/demo/labels.csv", 2.0)
+    assert summary.tracks == 1 and [f.track_id for f in summary.failures] == ["rock/rock-001"]
+    assert "mma failed" in summary.failures[0].reason
+    assert sorted(storage.objects) == ["s3://bucket/demo/audio/" + f"{good.track_id}.{good.ext}",
+                                       "s3://bucket/demo/labels.csv"]
+    labels = storage.objects["s3://bucket/demo/labels.csv"].decode().splitlines()
+    assert labels == ["track_id,genre,artist", f"{good.track_id},rock,{good.artist}"]
+    assert list(tmp_path.iterdir()) == []  # nothing written locally
