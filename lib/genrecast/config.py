@@ -96,7 +96,7 @@ class TrainConf(_Section):
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(64, gt=0)  # global: split across workers
     learning_rate: float = Field(1e-3, gt=0)
-    patience: int = Field(5, ge=1)  # epochs without val_loss improvement before stopping
+    patience: int = Field(5, ge=1)  # epochs without val_accuracy improvement before stopping
     embedding_dim: int = Field(128, gt=0)
     split: SplitConf = Field(default_factory=SplitConf)
 
