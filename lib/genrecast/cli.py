@@ -100,6 +100,18 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels_spotify(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.spotify_labels import run_spotify_labels
+
+    if not args.verbose:  # spotipy logs its own ERROR line before ours; keep errors to one line
+        logging.getLogger("spotipy.client").setLevel(logging.CRITICAL)
+    summary = run_spotify_labels(
+        cfg, args.playlist, catalogue_index_uri=args.catalogue_index, report_uri=args.report, dry_run=args.dry_run
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -169,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_positive, help="maximum epochs; early stopping may end sooner (default: train.epochs)"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("labels", help="write labels.csv rows from outside sources (spotify)")
+    lsub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    q = lsub.add_parser(
+        "spotify",
+        parents=[common],
+        help="Spotify playlist membership -> labels.csv rows (metadata only)",
+        description="Read playlists with spotipy (client credentials from SPOTIPY_CLIENT_ID / "
+        "SPOTIPY_CLIENT_SECRET), match items to your catalogue by ISRC, then artist + title, and merge "
+        "labels into catalogue.labels_uri. Conflicts are reported, never overwritten. No audio is "
+        "fetched from Spotify.",
+    )
+    q.add_argument("--playlist", action="extend", nargs="+", required=True, metavar="PLAYLIST_ID=GENRE",
+                   help="playlist id, spotify: URI or open.spotify.com URL = a configured genre; repeatable")
+    q.add_argument("--catalogue-index", metavar="FILE", help="CSV track_id,isrc,artist,title "
+                   "(default: spotify.catalogue_index_uri, else catalogue_index.csv beside labels.csv)")
+    q.add_argument("--report", metavar="FILE", help="default: <storage.root>/reports/labels/spotify-<run>.json")
+    q.add_argument("--dry-run", action="store_true", help="write the report only; labels.csv unchanged")
+    q.set_defaults(func=cmd_labels_spotify)
     return parser
 
 

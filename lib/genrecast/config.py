@@ -120,6 +120,22 @@ class DemoConf(_Section):
         return os.path.abspath(os.path.expanduser(value))
 
 
+class SpotifyConf(_Section):
+    """`labels spotify`. Credentials: SPOTIPY_CLIENT_ID / SPOTIPY_CLIENT_SECRET env vars only."""
+
+    api_prefix: str = "https://api.spotify.com/v1/"
+    auth_url: str = "https://accounts.spotify.com/api/token"
+    market: str | None = None
+    page_size: int = Field(50, ge=1, le=50)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(5, ge=0)
+    backoff_factor: float = Field(0.5, ge=0)
+    max_retry_after_s: float = Field(120.0, ge=0)
+    catalogue_index_uri: str | None = None  # CSV track_id,isrc,artist,title
+
+    _uris = field_validator("catalogue_index_uri")(_uri)
+
+
 class Config(_Section):
     spark: SparkConf = Field(default_factory=SparkConf)
     storage: StorageConf = Field(default_factory=StorageConf)
@@ -129,6 +145,7 @@ class Config(_Section):
     ingest: IngestConf = Field(default_factory=IngestConf)
     train: TrainConf = Field(default_factory=TrainConf)
     demo: DemoConf = Field(default_factory=DemoConf)
+    spotify: SpotifyConf = Field(default_factory=SpotifyConf)
 
     @field_validator("genres")
     @classmethod
