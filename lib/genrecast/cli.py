@@ -68,26 +68,20 @@ def cmd_demo_catalogue(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.ingest import run_ingest
-    from genrecast.spark import get_spark
+    from genrecast.spark import spark_session
 
-    spark = get_spark(cfg)
-    try:
+    with spark_session(cfg) as spark:
         summary = run_ingest(cfg, spark, full=args.full)
-    finally:
-        spark.stop()
     print("\n".join(summary.lines()))
     return 0
 
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
-    from genrecast.spark import get_spark
+    from genrecast.spark import spark_session
     from genrecast.train import run_train
 
-    spark = get_spark(cfg)
-    try:
+    with spark_session(cfg) as spark:
         result = run_train(cfg, spark, workers=args.workers, epochs=args.epochs)
-    finally:
-        spark.stop()
     print(result.report_text)
     t = result.metrics["training"]
     print(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from genrecast.config import Config
@@ -48,6 +49,16 @@ def get_spark(cfg: Config) -> Any:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+@contextlib.contextmanager
+def spark_session(cfg: Config) -> Iterator[Any]:
+    """``with spark_session(cfg) as spark:`` - a session that is stopped however the job ends."""
+    spark = get_spark(cfg)
+    try:
+        yield spark
+    finally:
+        spark.stop()
 
 
 def with_progress(spark: Any, label: str, action: Callable[[], T], every: float = 10.0) -> T:
