@@ -55,9 +55,11 @@ def cmd_demo_catalogue(cfg: Config, args: argparse.Namespace) -> int:
     )
     per_genre = ", ".join(f"{g} {n}" for g, n in sorted(summary.per_genre.items()))
     print(f"demo catalogue: {summary.tracks} tracks ({per_genre}) in {cfg.catalogue.audio_uri}")
-    print(f"  {summary.written} written, {summary.unchanged} unchanged, {summary.cache_hits} from cache, "
-          f"{len(summary.failures)} failed; {summary.total_bytes / 1e6:.1f} MB; "
-          f"{time.monotonic() - started:.0f}s wall ({summary.render_seconds:.0f}s of rendering)")
+    print(
+        f"  {summary.written} written, {summary.unchanged} unchanged, {summary.cache_hits} from cache, "
+        f"{len(summary.failures)} failed; {summary.total_bytes / 1e6:.1f} MB; "
+        f"{time.monotonic() - started:.0f}s wall ({summary.render_seconds:.0f}s of rendering)"
+    )
     if summary.unsupported_genres:
         print(f"  no recipe for: {', '.join(summary.unsupported_genres)} (add audio and labels for them yourself)")
     for failure in summary.failures:
@@ -103,6 +105,28 @@ def cmd_labels_spotify(cfg: Config, args: argparse.Namespace) -> int:
         cfg, args.playlist, catalogue_index_uri=args.catalogue_index, report_uri=args.report, dry_run=args.dry_run
     )
     print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_recommend(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.recommend import run_recommend
+    from genrecast.spark import spark_session
+
+    with spark_session(cfg) as spark:
+        summary = run_recommend(cfg, spark, model=args.model, k=args.k, method=args.method)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_similar(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.recommend import format_similar, similar_for_audio, similar_for_track
+
+    k = args.k or cfg.recommend.k
+    if args.track is not None:
+        rows = similar_for_track(cfg, args.track, k=k, model=args.model)
+    else:
+        rows = similar_for_audio(cfg, args.audio, k=k, model=args.model)
+    print(format_similar(rows, args.format))
     return 0
 
 
@@ -176,6 +200,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "recommend",
+        parents=[common],
+        help="find the k most similar tracks of every scored track (the neighbours table)",
+        description="Read <storage.root>/scores/model=<id>/ and write each track's k nearest tracks by cosine "
+        "similarity of the embeddings to <storage.root>/neighbours/model=<id>/ (replacing it): exact search up to "
+        "recommend.exact_max_tracks tracks, an approximate index (HNSW, or IVF without hnswlib) above, its "
+        "recall@k against exact search printed. A track is never its own neighbour; tracks with identical audio "
+        "are reported and never recommended to each other. Beside the table, _report/ holds quality.json "
+        "(genre precision@k with and without an artist filter, vs an MFCC baseline), duplicates.csv and "
+        "embedding_map.png.",
+    )
+    p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.add_argument("-k", type=_positive, help="neighbours per track (default: recommend.k)")
+    p.add_argument(
+        "--method", choices=["auto", "exact", "hnsw", "ivf"], help="search method (default: recommend.method)"
+    )
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser(
+        "similar",
+        parents=[common],
+        help="tracks most similar to a catalogue track or to a new audio file (no Spark)",
+        description="--track: read the track's row from the neighbours table (run genrecast recommend first). "
+        "--audio: embed a new file (local path or s3:// URI) with the model and search the scores table's "
+        "embeddings exactly. Prints rank, similarity, genre (labels.csv, else predicted) and track_id.",
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--track", metavar="TRACK_ID", help="a scored catalogue track")
+    target.add_argument("--audio", metavar="FILE", help="an audio file or URI, in the catalogue or not")
+    p.add_argument("-k", type=_positive, help="how many (default: recommend.k)")
+    p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.add_argument("--format", choices=["table", "jsonl"], default="table", help="table (default) or jsonl")
+    p.set_defaults(func=cmd_similar)
+
     p = sub.add_parser("labels", help="write labels.csv rows from outside sources (spotify)")
     lsub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
     q = lsub.add_parser(
@@ -187,10 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
         "labels into catalogue.labels_uri. Conflicts are reported, never overwritten. No audio is "
         "fetched from Spotify.",
     )
-    q.add_argument("--playlist", action="extend", nargs="+", required=True, metavar="PLAYLIST_ID=GENRE",
-                   help="playlist id, spotify: URI or open.spotify.com URL = a configured genre; repeatable")
-    q.add_argument("--catalogue-index", metavar="FILE", help="CSV track_id,isrc,artist,title "
-                   "(default: spotify.catalogue_index_uri, else catalogue_index.csv beside labels.csv)")
+    q.add_argument(
+        "--playlist",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="PLAYLIST_ID=GENRE",
+        help="playlist id, spotify: URI or open.spotify.com URL = a configured genre; repeatable",
+    )
+    q.add_argument(
+        "--catalogue-index",
+        metavar="FILE",
+        help="CSV track_id,isrc,artist,title "
+        "(default: spotify.catalogue_index_uri, else catalogue_index.csv beside labels.csv)",
+    )
     q.add_argument("--report", metavar="FILE", help="default: <storage.root>/reports/labels/spotify-<run>.json")
     q.add_argument("--dry-run", action="store_true", help="write the report only; labels.csv unchanged")
     q.set_defaults(func=cmd_labels_spotify)

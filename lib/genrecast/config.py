@@ -136,6 +136,21 @@ class SpotifyConf(_Section):
     _uris = field_validator("catalogue_index_uri")(_uri)
 
 
+class RecommendConf(_Section):
+    """`genrecast recommend` / `similar`: nearest neighbours over the scores' track embeddings."""
+
+    k: int = Field(10, gt=0)
+    method: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
+    exact_max_tracks: int = Field(50_000, gt=0)  # auto: exact search up to here, an ANN index above
+    hnsw_m: int = Field(16, ge=2)
+    hnsw_ef_construction: int = Field(200, gt=0)
+    hnsw_ef: int = Field(200, gt=0)  # query beam: more recall, more time (bench/recommend.py)
+    ivf_nprobe: int | None = Field(None, gt=0)  # None: a sixteenth of the lists
+    recall_queries: int = Field(1000, gt=0)  # ANN runs: queries sampled to measure recall@k vs exact
+    quality_tracks: int = Field(20_000, gt=1)  # labelled tracks sampled for precision@k
+    baseline: bool = True  # MFCC-statistics baseline: one Spark pass over the mel dataset
+
+
 class Config(_Section):
     spark: SparkConf = Field(default_factory=SparkConf)
     storage: StorageConf = Field(default_factory=StorageConf)
@@ -146,6 +161,7 @@ class Config(_Section):
     train: TrainConf = Field(default_factory=TrainConf)
     demo: DemoConf = Field(default_factory=DemoConf)
     spotify: SpotifyConf = Field(default_factory=SpotifyConf)
+    recommend: RecommendConf = Field(default_factory=RecommendConf)
 
     @field_validator("genres")
     @classmethod
