@@ -84,3 +84,12 @@ def test_unusable_audio_is_rejected(y, reason):
 
 def test_quiet_music_is_not_silence():
     check_usable(tone(5.0, amp=0.01)[:, 0], SR, 2.995, 30.0, -60)  # -40 dBFS passes
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_downmix_is_the_channel_mean(channels):
+    from genrecast.audio import to_mono
+
+    x = np.random.default_rng(0).normal(size=(1000, channels)).astype(np.float32)
+    np.testing.assert_allclose(to_mono(x), x.mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert to_mono(x).dtype == np.float32 and to_mono(x).shape == (1000,)

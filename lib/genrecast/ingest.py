@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from genrecast import commit
 from genrecast.audio import AudioRejected, check_usable, decode_audio, extension_of
 from genrecast.catalogue import Track, list_tracks, load_labels
@@ -72,6 +74,26 @@ def _warm_once(audio: AudioConf) -> None:
         _WARM.add(key)
 
 
+def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
+    """Decode one audio file's bytes (its extension picks the decoder) to mono float32 samples at
+    ``audio.sample_rate`` Hz and check they are long enough, short enough and not silent.
+
+    Raises :class:`AudioRejected` with the reason for the rejects table.
+    """
+    y = decode_audio(data, extension_of(uri), audio.sample_rate)
+    check_usable(y, audio.sample_rate, min_track_seconds(audio), ingest.max_seconds, ingest.silence_peak_dbfs)
+    return y
+
+
+def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
+    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB.
+
+    The single decode + mel path shared by ingest, score and classify, so a model always sees
+    clips made exactly as its training clips were. Raises :class:`AudioRejected`.
+    """
+    return log_mel_clips(usable_samples(data, uri, audio, ingest), audio)
+
+
 def ingest_partition(
     index: int,
     tasks: Iterable[TrackTask],
@@ -104,8 +126,7 @@ def ingest_partition(
             res.skipped_rejected += 1
             continue
         try:
-            y = decode_audio(data, extension_of(task.uri), audio.sample_rate)
-            check_usable(y, audio.sample_rate, min_track_seconds(audio), ingest.max_seconds, ingest.silence_peak_dbfs)
+            y = usable_samples(data, task.uri, audio, ingest)
             t2 = time.perf_counter()
             clips = log_mel_clips(y, audio)
         except AudioRejected as exc:
@@ -308,7 +329,9 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
         log.info("ingest: %d tracks in %d partitions on %s", len(tasks), n_parts, sc.master)
         from genrecast.spark import with_progress
 
+        t_tasks = time.monotonic()
         results = with_progress(spark, "ingest", rdd.collect)
+        log.info("ingest: executors done in %.1fs", time.monotonic() - t_tasks)
 
     written: dict[str, str] = {}
     add: list[tuple[str, str]] = []
@@ -341,11 +364,13 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
             kept = sc.parallelize(jobs, len(jobs)).map(lambda j: _rewrite_without(j[0], j[1], storage, j[2])).collect()
             add += [(k, f"{ds_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]
             log.info("ingest: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
+    t_commit = time.monotonic()
     commit.commit(storage, ds_uri, run_id, add, remove)
-
     files = commit.table_files(storage, ds_uri)
     if files and not _metadata_is_current(storage, ds_uri, files):
         write_petastorm_metadata(spark, storage, cfg)
+    log.info("ingest: committed %d file(s), removed %d, Petastorm metadata for %d file(s) in %.1fs",
+             len(add), len(remove), len(files), time.monotonic() - t_commit)
 
     fresh = [r for r in new_rejects if (r["source_uri"], r["stage"], r["reason"]) not in reject_keys or full]
     if fresh or (full and reject_files):
