@@ -47,6 +47,7 @@ class SeaweedS3:
         self.proc = subprocess.Popen(
             [
                 _weed(),
+                f"-logdir={self.data_dir}",  # glog files stay with the server, not in /tmp
                 "mini",
                 f"-dir={self.data_dir}",
                 "-ip=127.0.0.1",
