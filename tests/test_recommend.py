@@ -4,7 +4,6 @@ genre precision@k with the artist filter, and the ``similar`` look-ups (stored a
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ from genrecast.errors import JobError
 from genrecast.ingest import run_ingest
 from genrecast.neighbours import Exclusion, exact_topk, l2_normalise
 from genrecast.recommend import (
-    embed_audio_bytes,
     format_similar,
     genre_precision,
     neighbours_uri,
@@ -278,9 +276,8 @@ def synthetic_track(kind: str, rng: np.random.Generator, seconds: float = 4.0) -
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, spark):
-    """Ingest 3 x 5 generated tracks, train one epoch on one worker, and score the catalogue
-    with :func:`embed_audio_bytes` (the scoring job's output, written here by hand)."""
-    from genrecast.model import inference_model
+    """Ingest 3 x 5 generated tracks, train one epoch on one worker, score the catalogue."""
+    from genrecast.score import run_score
 
     root = tmp_path_factory.mktemp("coldstart")
     rng = np.random.default_rng(0)
@@ -292,16 +289,9 @@ def tiny_model(tmp_path_factory, spark):
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     cfg = write_config(root, "genres: [low, high, noise]\ntrain: {epochs: 1, batch_size: 8, workers: 1}\n")
     assert run_ingest(cfg, spark).tracks_ok == 15
-    model_id = run_train(cfg, spark, workers=1, epochs=1).model_id
-    embedder = inference_model(registry.load_model(cfg, model_id)[0])
-    storage = Storage()
+    run_train(cfg, spark, workers=1, epochs=1)
+    assert run_score(cfg, spark, mode="backfill").scored == 15
     ids = [r.split(",")[0] for r in rows[1:]]
-    emb, shas = [], []
-    for t in ids:
-        data = storage.read_bytes(str(root / "audio" / f"{t}.wav"))
-        emb.append(embed_audio_bytes(cfg, data, "wav", embedder, t))
-        shas.append(hashlib.sha256(data).hexdigest())
-    write_scores(cfg, model_id, ids, np.stack(emb), shas, [t.split("/")[0] for t in ids])
     return cfg, root, ids
 
 

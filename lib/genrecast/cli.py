@@ -108,6 +108,27 @@ def cmd_labels_spotify(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.score import run_score
+    from genrecast.spark import spark_session
+
+    with spark_session(cfg) as spark:
+        summary = run_score(cfg, spark, mode=args.mode, model=args.model)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_classify(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.classify import classify_files, exit_code, format_jsonl, format_table
+
+    results = classify_files(cfg, args.files, model=args.model)
+    print(format_jsonl(results) if args.format == "jsonl" else format_table(results))
+    for r in results:
+        if "error" in r:
+            print(f"genrecast classify: {r['path']}: {r['error']}", file=sys.stderr)
+    return exit_code(results)
+
+
 def cmd_recommend(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.recommend import run_recommend
     from genrecast.spark import spark_session
@@ -199,6 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_positive, help="maximum epochs; early stopping may end sooner (default: train.epochs)"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "score",
+        parents=[common],
+        help="genre, probabilities and embedding per catalogue track (nightly or backfill)",
+        description="Decode catalogue.audio_uri with ingest's decode + mel code, run the model on executors "
+        "(loaded once per worker), write <storage.root>/scores/model=<id>/. nightly: tracks without a score "
+        "from this model or whose audio changed; backfill: every track, replacing the table. Re-runs never "
+        "duplicate rows. Rejects go to <storage.root>/rejects.",
+    )
+    p.add_argument("--mode", choices=["nightly", "backfill"], required=True)
+    p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "classify",
+        parents=[common],
+        help="genre of audio files or s3:// URIs, in one process (no Spark)",
+        description="Classify each file with the model: jsonl lines are {path, genre, confidence, "
+        "probabilities, clips}. Exit 1 if any file could not be classified (reason on stderr).",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE_OR_URI")
+    p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.add_argument("--format", choices=["table", "jsonl"], default="table", help="table (default) or jsonl")
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(
         "recommend",

@@ -74,3 +74,17 @@ def table_files(storage: Storage, table_uri: str) -> list[str]:
         if rel.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in rel.split("/")):
             out.append(uri)
     return out
+
+
+def rewrite_without(storage: Storage, uri: str, drop: frozenset[str], out_uri: str) -> str | None:
+    """Copy one table file minus the rows whose ``track_id`` is in ``drop`` (to stage a
+    replacement for :func:`commit`); None if nothing is left."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = storage.read_parquet(uri)
+    kept = table.filter(pc.invert(pc.is_in(table.column("track_id"), value_set=pa.array(sorted(drop)))))
+    if kept.num_rows == 0:
+        return None
+    storage.write_parquet(out_uri, kept)
+    return out_uri

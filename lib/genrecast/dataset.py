@@ -19,6 +19,31 @@ def rejects_uri(cfg: Config) -> str:
     return join(cfg.storage.root, "rejects")
 
 
+def scores_uri(cfg: Config, model_id: str) -> str:
+    return join(cfg.storage.root, "scores", f"model={model_id}")
+
+
+def neighbours_uri(cfg: Config, model_id: str) -> str:
+    return join(cfg.storage.root, "neighbours", f"model={model_id}")
+
+
+def previous_rejects(
+    storage: Storage, uri: str, prefix: str
+) -> tuple[list[str], dict[str, str], set[tuple[str, str, str]]]:
+    """A job's earlier rejects (files ``<prefix>*.parquet`` under ``uri``): (the files, sha256 of
+    each rejected source, (source, stage, reason) keys) - so that an unchanged bad file is not
+    decoded again, nor reported twice."""
+    files = [f for f in commit.table_files(storage, uri) if f.rsplit("/", 1)[-1].startswith(prefix)]
+    shas: dict[str, str] = {}
+    keys: set[tuple[str, str, str]] = set()
+    for f in files:
+        for row in storage.read_parquet(f).to_pylist():
+            keys.add((row["source_uri"], row["stage"], row["reason"]))
+            if row["audio_sha256"]:
+                shas[row["source_uri"]] = row["audio_sha256"]
+    return files, shas, keys
+
+
 def make_mel_reader(cfg: Config, **kwargs: Any) -> Any:
     """petastorm ``make_reader`` over the mel dataset, local or S3 (endpoint from the config).
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from genrecast.config import AudioConf
+from genrecast.audio import check_usable, decode_audio, extension_of
+from genrecast.config import AudioConf, IngestConf
 
 AMIN = 1e-10
 DB_FLOOR = 10.0 * math.log10(AMIN)  # -100 dB: digital silence
@@ -96,6 +97,26 @@ def mfcc_stats(mel_db: np.ndarray, n_mfcc: int = 20) -> np.ndarray:
 
     mfcc = scipy.fft.dct(mel_db, axis=0, type=2, norm="ortho")[:n_mfcc]
     return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)]).astype(np.float32)
+
+
+def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
+    """Decode one audio file's bytes (its extension picks the decoder) to mono float32 samples at
+    ``audio.sample_rate`` Hz and check they are long enough, short enough and not silent.
+
+    Raises :class:`AudioRejected` with the reason for the rejects table.
+    """
+    y = decode_audio(data, extension_of(uri), audio.sample_rate)
+    check_usable(y, audio.sample_rate, min_track_seconds(audio), ingest.max_seconds, ingest.silence_peak_dbfs)
+    return y
+
+
+def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
+    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB.
+
+    The single decode + mel path shared by ingest, score and classify, so a model always sees
+    clips made exactly as its training clips were. Raises :class:`AudioRejected`.
+    """
+    return log_mel_clips(usable_samples(data, uri, audio, ingest), audio)
 
 
 def warm_up(params: AudioConf) -> None:

@@ -19,14 +19,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from genrecast import commit
-from genrecast.audio import AudioRejected, check_usable, decode_audio, extension_of
+from genrecast.audio import AudioRejected
 from genrecast.catalogue import Track, list_tracks, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
-from genrecast.dataset import index_dataset, mels_uri, rejects_uri
-from genrecast.features import log_mel_clips, min_track_seconds, warm_up
+from genrecast.dataset import index_dataset, mels_uri, previous_rejects, rejects_uri
+from genrecast.features import log_mel_clips, usable_samples, warm_up
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join, petastorm_url
 
@@ -72,26 +70,6 @@ def _warm_once(audio: AudioConf) -> None:
     if key not in _WARM:
         warm_up(audio)
         _WARM.add(key)
-
-
-def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
-    """Decode one audio file's bytes (its extension picks the decoder) to mono float32 samples at
-    ``audio.sample_rate`` Hz and check they are long enough, short enough and not silent.
-
-    Raises :class:`AudioRejected` with the reason for the rejects table.
-    """
-    y = decode_audio(data, extension_of(uri), audio.sample_rate)
-    check_usable(y, audio.sample_rate, min_track_seconds(audio), ingest.max_seconds, ingest.silence_peak_dbfs)
-    return y
-
-
-def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
-    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB.
-
-    The single decode + mel path shared by ingest, score and classify, so a model always sees
-    clips made exactly as its training clips were. Raises :class:`AudioRejected`.
-    """
-    return log_mel_clips(usable_samples(data, uri, audio, ingest), audio)
 
 
 def ingest_partition(
@@ -176,19 +154,6 @@ def ingest_partition(
     yield res
 
 
-def _rewrite_without(uri: str, drop: frozenset[str], storage: Storage, out_uri: str) -> str | None:
-    """Copy a dataset file minus the rows of ``drop`` tracks; None if nothing is left."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = storage.read_parquet(uri)
-    kept = table.filter(pc.invert(pc.is_in(table.column("track_id"), value_set=pa.array(sorted(drop)))))
-    if kept.num_rows == 0:
-        return None
-    storage.write_parquet(out_uri, kept)
-    return out_uri
-
-
 def _metadata_is_current(storage: Storage, ds_uri: str, files: list[str]) -> bool:
     """True when ``_common_metadata`` holds the unischema and row-group counts for exactly ``files``."""
     import pyarrow.parquet as pq
@@ -250,19 +215,6 @@ class IngestSummary:
         return out
 
 
-def _previous_rejects(storage: Storage, uri: str) -> tuple[list[str], dict[str, str], set[tuple[str, str, str]]]:
-    """(ingest reject files, sha of each rejected source, (source, stage, reason) keys)."""
-    files = [f for f in commit.table_files(storage, uri) if f.rsplit("/", 1)[-1].startswith("ingest-")]
-    shas: dict[str, str] = {}
-    keys: set[tuple[str, str, str]] = set()
-    for f in files:
-        for row in storage.read_parquet(f).to_pylist():
-            keys.add((row["source_uri"], row["stage"], row["reason"]))
-            if row["audio_sha256"]:
-                shas[row["source_uri"]] = row["audio_sha256"]
-    return files, shas, keys
-
-
 def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
     """Ingest the configured catalogue; incremental unless ``full``. Safe to kill and re-run."""
     started = time.monotonic()
@@ -304,7 +256,7 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
         for track_id, sha, genre, f in index_dataset(spark, cfg, old_files):
             entry = index.setdefault(track_id, (sha, genre, set()))
             entry[2].add(f)
-    reject_files, rejected_shas, reject_keys = _previous_rejects(storage, rj_uri)
+    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-")
 
     tasks = []
     for t in tracks:
@@ -361,7 +313,11 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
                 (f, frozenset(ids), commit.tmp_uri(ds_uri, run_id, f"keep-{i:05d}.parquet"))
                 for i, (f, ids) in enumerate(sorted(stale.items()))
             ]
-            kept = sc.parallelize(jobs, len(jobs)).map(lambda j: _rewrite_without(j[0], j[1], storage, j[2])).collect()
+            kept = (
+                sc.parallelize(jobs, len(jobs))
+                .map(lambda j: commit.rewrite_without(storage, j[0], j[1], j[2]))
+                .collect()
+            )
             add += [(k, f"{ds_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]
             log.info("ingest: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
     t_commit = time.monotonic()
@@ -369,8 +325,13 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
     files = commit.table_files(storage, ds_uri)
     if files and not _metadata_is_current(storage, ds_uri, files):
         write_petastorm_metadata(spark, storage, cfg)
-    log.info("ingest: committed %d file(s), removed %d, Petastorm metadata for %d file(s) in %.1fs",
-             len(add), len(remove), len(files), time.monotonic() - t_commit)
+    log.info(
+        "ingest: committed %d file(s), removed %d, Petastorm metadata for %d file(s) in %.1fs",
+        len(add),
+        len(remove),
+        len(files),
+        time.monotonic() - t_commit,
+    )
 
     fresh = [r for r in new_rejects if (r["source_uri"], r["stage"], r["reason"]) not in reject_keys or full]
     if fresh or (full and reject_files):

@@ -35,6 +35,7 @@ import pyarrow as pa
 from genrecast import commit, registry
 from genrecast.catalogue import Label, load_labels, validate_track_id
 from genrecast.config import Config, RecommendConf
+from genrecast.dataset import neighbours_uri, scores_uri
 from genrecast.errors import ConfigError, JobError
 from genrecast.neighbours import (
     AnnIndex,
@@ -70,14 +71,6 @@ NEIGHBOURS_SCHEMA = pa.schema(
         pa.field("model_id", pa.string(), nullable=False),
     ]
 )
-
-
-def scores_uri(cfg: Config, model_id: str) -> str:
-    return join(cfg.storage.root, "scores", f"model={model_id}")
-
-
-def neighbours_uri(cfg: Config, model_id: str) -> str:
-    return join(cfg.storage.root, "neighbours", f"model={model_id}")
 
 
 def report_uri(cfg: Config, model_id: str) -> str:
@@ -633,24 +626,17 @@ def similar_for_track(cfg: Config, track_id: str, k: int = 10, model: str = "lat
     return [_row(r["rank"], r["neighbour_id"], r["similarity"], genres[r["neighbour_id"]]) for r in rows]
 
 
-def embed_audio_bytes(cfg: Config, data: bytes, ext: str, embedder: Any, source: str) -> np.ndarray:
-    """(d,) float32 unit vector for one audio file: decode -> log-mel clips -> per-clip
-    L2 embedding -> mean -> re-normalised. ``embedder`` is :func:`genrecast.model.inference_model`
-    of the model (outputs [probabilities, unit embedding]); ``source`` names the file in errors."""
-    from genrecast.audio import AudioRejected, check_usable, decode_audio
-    from genrecast.features import log_mel_clips, min_track_seconds
+def embed_audio_bytes(cfg: Config, data: bytes, uri: str, predictor: Any) -> np.ndarray:
+    """(d,) float32 unit embedding of one audio file, made exactly as the scoring job makes it
+    (:func:`genrecast.features.track_clips`, then :class:`genrecast.score.Predictor`)."""
+    from genrecast.audio import AudioRejected
+    from genrecast.features import track_clips
 
-    audio = cfg.audio
     try:
-        y = decode_audio(data, ext, audio.sample_rate)
-        ingest = cfg.ingest
-        check_usable(y, audio.sample_rate, min_track_seconds(audio), ingest.max_seconds, ingest.silence_peak_dbfs)
+        clips = track_clips(data, uri, cfg.audio, cfg.ingest)
     except AudioRejected as exc:
-        raise JobError(f"{source}: {exc}") from None
-    clips = log_mel_clips(y, audio)
-    # A direct call per chunk: predict() sets up a tf.data pipeline, slow for one file's clips.
-    emb = np.concatenate([np.asarray(embedder(clips[s : s + 64], training=False)[1]) for s in range(0, len(clips), 64)])
-    return l2_normalise(emb.mean(axis=0, keepdims=True))[0]
+        raise JobError(f"{uri}: {exc}") from None
+    return predictor.predict_tracks([clips])[0][1]
 
 
 def similar_for_audio(cfg: Config, path_or_uri: str, k: int = 10, model: str = "latest") -> list[dict[str, Any]]:
@@ -659,8 +645,7 @@ def similar_for_audio(cfg: Config, path_or_uri: str, k: int = 10, model: str = "
     with the very same audio bytes is left out (it is the file itself)."""
     import hashlib
 
-    from genrecast.audio import extension_of
-    from genrecast.model import inference_model
+    from genrecast.score import predictor_for
 
     if k < 1:
         raise ConfigError(f"k must be at least 1, not {k}")
@@ -672,8 +657,9 @@ def similar_for_audio(cfg: Config, path_or_uri: str, k: int = 10, model: str = "
         raise JobError(f"audio file not found: {uri}") from None
     model_id = registry.resolve_model_id(cfg, model)
     frame = read_scores(storage, scores_uri(cfg, model_id), model_id)
-    keras_model, _meta = registry.load_model(cfg, model_id)
-    vec = embed_audio_bytes(cfg, data, extension_of(uri), inference_model(keras_model), uri)
+    meta = registry.read_model_json(cfg, model_id)
+    registry.check_audio_params(meta, cfg.audio, model_id)
+    vec = embed_audio_bytes(cfg, data, uri, predictor_for(cfg, model_id, meta["genres"], threads=None))
     if vec.shape[0] != frame.embeddings.shape[1]:
         raise JobError(
             f"model {model_id} embeds {uri} in {vec.shape[0]} dimensions, its scores table holds "

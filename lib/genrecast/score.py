@@ -1,0 +1,445 @@
+"""Score job: catalogue audio -> Spark executors (ingest's decode + mel -> genre CNN) ->
+``<root>/scores/model=<model_id>/``, one row per track (+ rejects).
+
+Driver: recover interrupted commits -> resolve the model, check its audio settings -> list the
+catalogue -> (nightly) index the score table's ``track_id``/``audio_sha256`` on executors ->
+one Spark task per batch of tracks -> journalled commit. Executors fetch, hash, decode and run
+the model (:func:`score_partition`), loading it once per Python worker (:func:`predictor_for`).
+Scoring reads the catalogue, not the mel dataset: a track need not have been ingested.
+
+Pure helpers (:func:`aggregate_clips`, :class:`Predictor`, :func:`scores_table`) need no Spark;
+:mod:`genrecast.classify` uses them for single files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from genrecast import commit, registry
+from genrecast.audio import AudioRejected
+from genrecast.catalogue import Track, list_tracks
+from genrecast.config import Config
+from genrecast.dataset import previous_rejects, rejects_uri, scores_uri
+from genrecast.errors import ConfigError, JobError
+from genrecast.storage import Storage, join
+
+# Before any TensorFlow import in this process (driver or Spark worker): see genrecast.model.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger(__name__)
+
+MODES = ("nightly", "backfill")
+BATCH_CLIPS = 64  # clips per model call: large enough to amortise the call, small enough for cache
+FLUSH_CLIPS = 512  # decoded clips a task holds before running the model (~35 MB at 128 x 130)
+REJECT_PREFIX = "score-"
+
+SCORES_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("genre", pa.string(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("probabilities", pa.list_(pa.float32()), nullable=False),  # order = model.json genres
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),  # L2-normalised
+        pa.field("n_clips", pa.int32(), nullable=False),
+        pa.field("audio_sha256", pa.string(), nullable=False),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+SCORE_COLUMNS = tuple(SCORES_ARROW_SCHEMA.names)
+
+
+def aggregate_clips(probs: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One track from its clips: (n_clips, n_genres) probabilities and (n_clips, d) unit
+    embeddings -> mean probabilities (n_genres,) and the mean embedding re-L2-normalised (d,),
+    both float32. (A mean of unit vectors is shorter than 1; neighbours want cosine = dot.)"""
+    p = probs.mean(axis=0, dtype=np.float64)
+    e = embeddings.mean(axis=0, dtype=np.float64)
+    norm = float(np.linalg.norm(e))
+    return p.astype(np.float32), (e / norm if norm > 0 else e).astype(np.float32)
+
+
+def scores_table(rows: dict[str, list]) -> pa.Table:
+    """Columns (see :data:`SCORE_COLUMNS`) -> Arrow table, sorted by track_id so that the same
+    inputs give byte-comparable files."""
+    table = pa.table([pa.array(rows[c], SCORES_ARROW_SCHEMA.field(c).type) for c in SCORE_COLUMNS], SCORES_ARROW_SCHEMA)
+    return table.sort_by("track_id")
+
+
+def limit_tf_threads(threads: int) -> None:
+    """Cap TensorFlow's thread pools; only possible before TF's runtime starts in this process.
+
+    Spark runs one task per core, so a task's TF must not spread over the other tasks' cores.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow already initialised in this process: keeping its thread pools")
+
+
+class Predictor:
+    """A genre model ready for batched inference on log-mel clips."""
+
+    def __init__(self, keras_model: Any, genres: Sequence[str], batch_clips: int = BATCH_CLIPS) -> None:
+        import tensorflow as tf
+
+        from genrecast.model import inference_model
+
+        infer = inference_model(keras_model)
+        n_out = int(infer.outputs[0].shape[-1])
+        if n_out != len(genres):
+            raise JobError(f"model has {n_out} outputs but model.json lists {len(genres)} genres")
+        self.genres = list(genres)
+        self.input_shape = tuple(int(d) for d in infer.inputs[0].shape[1:])  # (n_mels, clip_frames)
+        self.batch_clips = batch_clips
+        # One traced graph for every batch size: eager Keras calls cost ~ms of Python per layer.
+        self._infer = tf.function(
+            lambda x: infer(x, training=False),
+            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
+        )
+
+    def predict(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, n_mels, clip_frames) float32 dB -> (n, n_genres) probabilities, (n, d) unit embeddings."""
+        if clips.shape[1:] != self.input_shape:
+            raise JobError(f"clips of shape {clips.shape[1:]} for a model that takes {self.input_shape}")
+        probs, embs = [], []
+        for start in range(0, len(clips), self.batch_clips):
+            p, e = self._infer(clips[start : start + self.batch_clips])
+            probs.append(p.numpy())
+            embs.append(e.numpy())
+        return np.concatenate(probs), np.concatenate(embs)
+
+    def predict_tracks(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Clips of several tracks, batched across track boundaries -> per track, in order,
+        (probabilities (n_genres,), unit embedding (d,)) from :func:`aggregate_clips`."""
+        if not tracks:
+            return []
+        probs, embs = self.predict(np.concatenate(tracks))
+        bounds = np.cumsum([0, *(len(t) for t in tracks)])
+        return [aggregate_clips(probs[a:b], embs[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+_PREDICTORS: dict[str, Predictor] = {}
+
+
+def predictor_for(cfg: Config, model_id: str, genres: Sequence[str], threads: int | None = 1) -> Predictor:
+    """The model ``model_id``, loaded from storage once per process (Spark reuses its Python
+    workers, so once per worker). Only the last model is kept: a worker scores one at a time."""
+    key = registry.model_uri(cfg, model_id)
+    if key not in _PREDICTORS:
+        if threads:
+            limit_tf_threads(threads)
+        _PREDICTORS.clear()
+        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres)
+    return _PREDICTORS[key]
+
+
+# -- executor side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """One track for an executor. ``skip_sha``: the audio this model already scored;
+    ``rejected_sha``: audio a previous score run rejected. Either matches -> skip."""
+
+    track_id: str
+    uri: str
+    skip_sha: str | None = None
+    rejected_sha: str | None = None
+
+
+@dataclass
+class ScorePartitionResult:
+    """What one executor task reports back: small metadata, never audio or embeddings."""
+
+    partition: int
+    tmp_file: str | None = None
+    tracks: list[tuple[str, str]] = field(default_factory=list)  # (track_id, sha256) scored
+    rejected_ids: list[str] = field(default_factory=list)
+    genres: Counter = field(default_factory=Counter)
+    clips: int = 0
+    rejects: list[dict] = field(default_factory=list)
+    skipped_unchanged: int = 0
+    skipped_rejected: int = 0
+    seconds: Counter = field(default_factory=Counter)  # fetch / audio / load / model / write
+
+
+def score_partition(
+    index: int,
+    tasks: Iterable[ScoreTask],
+    cfg: Config,
+    model_id: str,
+    genres: Sequence[str],
+    threads: int,
+    scored_at: datetime,
+    tmp_prefix: str,
+) -> Iterator[ScorePartitionResult]:
+    """Executor side: fetch, hash, decode + mel (as ingest), run the model over the clips of
+    many tracks at once, aggregate per track; write one Parquet file of score rows."""
+    from genrecast.features import track_clips
+
+    storage = Storage.from_config(cfg)
+    res = ScorePartitionResult(partition=index)
+    rows: dict[str, list] = {c: [] for c in SCORE_COLUMNS}
+    pending: list[tuple[ScoreTask, str, np.ndarray]] = []
+    predictor: Predictor | None = None
+
+    def run_model() -> None:
+        nonlocal predictor
+        if predictor is None:  # loaded only when there is work: a no-op nightly never imports TF
+            t = time.perf_counter()
+            predictor = predictor_for(cfg, model_id, genres, threads)
+            res.seconds["load"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for (task, sha, clips), (probs, emb) in zip(
+            pending, predictor.predict_tracks([p[2] for p in pending]), strict=True
+        ):
+            best = int(np.argmax(probs))
+            for col, value in (
+                ("track_id", task.track_id),
+                ("model_id", model_id),
+                ("genre", predictor.genres[best]),
+                ("confidence", float(probs[best])),
+                ("probabilities", probs),
+                ("embedding", emb),
+                ("n_clips", len(clips)),
+                ("audio_sha256", sha),
+                ("scored_at", scored_at),
+            ):
+                rows[col].append(value)
+            res.tracks.append((task.track_id, sha))
+            res.genres[predictor.genres[best]] += 1
+            res.clips += len(clips)
+        pending.clear()
+        res.seconds["model"] += time.perf_counter() - t
+
+    pending_clips = 0
+    for task in tasks:
+        t0 = time.perf_counter()
+        try:
+            data = storage.read_bytes(task.uri)
+        except FileNotFoundError:
+            # Any other error (credentials, an endpoint still down after retries) is not the
+            # file's fault: it fails the task, and Spark retries it.
+            res.rejects.append({"source_uri": task.uri, "stage": "score", "reason": "file disappeared after listing"})
+            res.rejected_ids.append(task.track_id)
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        t1 = time.perf_counter()
+        res.seconds["fetch"] += t1 - t0
+        if sha == task.skip_sha:
+            res.skipped_unchanged += 1
+            continue
+        if sha == task.rejected_sha:
+            res.skipped_rejected += 1
+            continue
+        try:
+            clips = track_clips(data, task.uri, cfg.audio, cfg.ingest)
+        except Exception as exc:  # AudioRejected, or a decoder bug: either way not fatal, reason kept
+            if not isinstance(exc, AudioRejected):
+                log.exception("score: unexpected error on %s", task.uri)
+            reason = str(exc) if isinstance(exc, AudioRejected) else f"error: {type(exc).__name__}: {exc}"[:300]
+            res.rejects.append({"source_uri": task.uri, "stage": "score", "reason": reason, "audio_sha256": sha})
+            res.rejected_ids.append(task.track_id)
+            continue
+        finally:
+            res.seconds["audio"] += time.perf_counter() - t1
+        pending.append((task, sha, clips))
+        pending_clips += len(clips)
+        if pending_clips >= FLUSH_CLIPS:
+            run_model()
+            pending_clips = 0
+    if pending:
+        run_model()
+    if res.tracks:
+        t = time.perf_counter()
+        res.tmp_file = f"{tmp_prefix}/part-{index:05d}.parquet"
+        storage.write_parquet(res.tmp_file, scores_table(rows))
+        res.seconds["write"] += time.perf_counter() - t
+    yield res
+
+
+def _index_file(uri: str, storage: Storage) -> list[tuple[str, str, str]]:
+    """(track_id, audio_sha256, file) per row of one score file: two small columns only."""
+    table = storage.read_parquet(uri, columns=["track_id", "audio_sha256"])
+    return [
+        (t, s, uri)
+        for t, s in zip(table.column("track_id").to_pylist(), table.column("audio_sha256").to_pylist(), strict=True)
+    ]
+
+
+# -- driver -------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreSummary:
+    run_id: str
+    model_id: str
+    mode: str
+    tracks_listed: int = 0
+    scored: int = 0
+    clips: int = 0
+    rejected: int = 0
+    skipped_unchanged: int = 0
+    skipped_rejected: int = 0
+    genres: Counter = field(default_factory=Counter)  # of the tracks scored in this run
+    table_tracks: int = 0  # rows in the score table after the run
+    wall_seconds: float = 0.0
+    stage_seconds: Counter = field(default_factory=Counter)
+    table_uri: str = ""
+    rejects_uri: str = ""
+
+    def lines(self) -> list[str]:
+        dist = ", ".join(f"{g} {n}" for g, n in sorted(self.genres.items(), key=lambda kv: (-kv[1], kv[0])))
+        out = [
+            f"score {self.run_id} ({self.mode}, model {self.model_id}): {self.tracks_listed} tracks listed "
+            f"in {self.wall_seconds:.1f}s",
+            f"  scored {self.scored} ({self.clips} clips)" + (f": {dist}" if dist else ""),
+            f"  skipped {self.skipped_unchanged + self.skipped_rejected} "
+            f"({self.skipped_unchanged} already scored and unchanged, {self.skipped_rejected} previously rejected)",
+            f"  rejected {self.rejected}",
+            f"  table {self.table_uri} ({self.table_tracks} tracks)",
+            f"  rejects {self.rejects_uri}",
+        ]
+        if self.stage_seconds:
+            spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items()))
+            out.append(f"  executor time: {spent}")
+        return out
+
+
+def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "latest") -> ScoreSummary:
+    """Score the catalogue with ``model`` (an id or ``latest``). ``nightly``: tracks without a
+    score from this model or whose audio changed; ``backfill``: every track, replacing the
+    table. Safe to kill and re-run: the table never holds a duplicate or half a run."""
+    if mode not in MODES:
+        raise ConfigError(f"score mode must be one of {', '.join(MODES)}, not {mode!r}")
+    started = time.monotonic()
+    storage = Storage.from_config(cfg)
+    model_id = registry.resolve_model_id(cfg, model)
+    meta = registry.read_model_json(cfg, model_id)
+    registry.check_audio_params(meta, cfg.audio, model_id)
+    genres = list(meta["genres"])
+    table_uri, rj_uri = scores_uri(cfg, model_id), rejects_uri(cfg)
+    backfill = mode == "backfill"
+    run_id = commit.new_run_id()
+    summary = ScoreSummary(run_id, model_id, mode, table_uri=table_uri, rejects_uri=rj_uri)
+    sc = spark.sparkContext
+    commit.recover(storage, table_uri)
+    commit.recover(storage, rj_uri)
+
+    # Catalogue-stage problems (bad ids, odd extensions) are ingest's to report, not ours.
+    tracks = [t for t in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions) if isinstance(t, Track)]
+    summary.tracks_listed = len(tracks)
+
+    old_files = commit.table_files(storage, table_uri)
+    index: dict[str, tuple[str | None, set[str]]] = {}  # track_id -> (scored sha, files holding it)
+    if old_files and not backfill:
+        rows = sc.parallelize(old_files, len(old_files)).flatMap(lambda f: _index_file(f, storage)).collect()
+        for track_id, sha, f in rows:
+            have_sha, files = index.setdefault(track_id, (sha, set()))
+            files.add(f)
+            if have_sha != sha:  # two rows that disagree: score again, which rewrites both files
+                index[track_id] = (None, files)
+    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX)
+
+    tasks = [
+        ScoreTask(
+            t.track_id,
+            t.uri,
+            index[t.track_id][0] if t.track_id in index else None,
+            None if backfill else rejected_shas.get(t.uri),
+        )
+        for t in tracks
+    ]
+    # Catalogues are laid out by genre and long tracks cluster; a hash order spreads both.
+    tasks.sort(key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
+    results: list[ScorePartitionResult] = []
+    if tasks:
+        n_parts = max(
+            math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism)
+        )
+        tmp_prefix = f"{table_uri}/{commit.TMP}/{run_id}"
+        threads = int(sc.getConf().get("spark.task.cpus", "1"))
+        scored_at = datetime.now(UTC)
+        rdd = sc.parallelize(tasks, n_parts).mapPartitionsWithIndex(
+            lambda i, it: score_partition(i, it, cfg, model_id, genres, threads, scored_at, tmp_prefix)
+        )
+        log.info("score %s: %d tracks, %d partitions on %s (model %s)", mode, len(tasks), n_parts, sc.master, model_id)
+        from genrecast.spark import with_progress
+
+        results = with_progress(spark, "score", rdd.collect)
+
+    written: dict[str, str] = {}
+    rejected_ids: set[str] = set()
+    new_rejects: list[dict] = []
+    add: list[tuple[str, str]] = []
+    for r in results:
+        written.update(dict(r.tracks))
+        rejected_ids.update(r.rejected_ids)
+        summary.clips += r.clips
+        summary.genres.update(r.genres)
+        summary.skipped_unchanged += r.skipped_unchanged
+        summary.skipped_rejected += r.skipped_rejected
+        summary.stage_seconds.update(r.seconds)
+        new_rejects.extend(r.rejects)
+        if r.tmp_file:
+            add.append((r.tmp_file, f"{table_uri}/part-{run_id}-{r.partition:05d}.parquet"))
+    summary.scored = len(written)
+    summary.rejected = len(new_rejects)
+
+    if backfill:
+        remove = old_files
+        summary.table_tracks = len(written)
+    else:
+        # Old rows of tracks scored again, or whose changed audio is now rejected, are stale.
+        stale: dict[str, set[str]] = {}
+        for track_id in set(written) | rejected_ids:
+            for f in index.get(track_id, (None, set()))[1]:
+                stale.setdefault(f, set()).add(track_id)
+        remove = sorted(stale)
+        if stale:
+            jobs = [
+                (f, frozenset(ids), commit.tmp_uri(table_uri, run_id, f"keep-{i:05d}.parquet"))
+                for i, (f, ids) in enumerate(sorted(stale.items()))
+            ]
+            kept = (
+                sc.parallelize(jobs, len(jobs))
+                .map(lambda j: commit.rewrite_without(storage, j[0], j[1], j[2]))
+                .collect()
+            )
+            add += [(k, f"{table_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]
+            log.info("score: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
+        summary.table_tracks = len((set(index) - rejected_ids) | set(written))
+    commit.commit(storage, table_uri, run_id, add, remove)
+
+    fresh = [r for r in new_rejects if backfill or (r["source_uri"], r["stage"], r["reason"]) not in reject_keys]
+    if fresh or (backfill and reject_files):
+        from genrecast.schema import rejects_table
+
+        name = f"{REJECT_PREFIX}{run_id}.parquet"
+        adds = []
+        if fresh:
+            tmp = commit.tmp_uri(rj_uri, run_id, name)
+            storage.write_parquet(tmp, rejects_table(fresh))
+            adds = [(tmp, join(rj_uri, name))]
+        commit.commit(storage, rj_uri, run_id, adds, reject_files if backfill else [])
+    for r in fresh:
+        log.warning("rejected %s (score): %s", r["source_uri"], r["reason"])
+    summary.wall_seconds = time.monotonic() - started
+    return summary

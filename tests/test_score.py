@@ -1,0 +1,247 @@
+"""The score job and classify for real: a tiny trained model, local[2] Spark, real TensorFlow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genrecast import commit
+from genrecast.classify import classify_files, exit_code, format_jsonl, format_table
+from genrecast.dataset import rejects_uri, scores_uri
+from genrecast.errors import ConfigError
+from genrecast.ingest import run_ingest
+from genrecast.score import SCORE_COLUMNS, aggregate_clips, run_score
+from genrecast.storage import Storage
+from genrecast.train import run_train
+
+from conftest import write_audio, write_config
+
+SR = 22050
+GENRES = ["low", "high", "noise"]
+PER_GENRE = 6
+N_TRACKS = len(GENRES) * PER_GENRE
+
+
+def synthetic(kind: str, rng: np.random.Generator, seconds: float = 4.5) -> np.ndarray:
+    """(frames, 1) float32: a low drone, a high whistle or noise bursts, with a little jitter."""
+    t = np.arange(int(seconds * SR)) / SR
+    f = rng.uniform(0.97, 1.03)
+    if kind == "low":
+        y = 0.3 * np.sin(2 * np.pi * 110 * f * t) * (1 + np.sin(2 * np.pi * 1.5 * t))
+    elif kind == "high":
+        y = 0.4 * np.sin(2 * np.pi * 1760 * f * t) + 0.02 * rng.normal(size=t.size)
+    else:
+        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * f * t) > 0.3)
+    return y.astype(np.float32)[:, None]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, spark):
+    """(folder, config, model_id): 18 labelled 4.5 s tracks + one bad file, a 2-epoch model."""
+    root = tmp_path_factory.mktemp("score")
+    rng = np.random.default_rng(1)
+    rows = ["track_id,genre"]
+    for kind in GENRES:
+        for i in range(PER_GENRE):
+            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic(kind, rng))
+            rows.append(f"{kind}/{kind}{i:02d},{kind}")
+    (root / "audio/bad").mkdir()
+    (root / "audio/bad/text.mp3").write_text("not audio\n" * 50)
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = write_config(root, f"genres: {GENRES}\ntrain: {{epochs: 2, batch_size: 8, workers: 1}}\n")
+    assert run_ingest(cfg, spark).tracks_ok == N_TRACKS
+    return root, cfg, run_train(cfg, spark, workers=1, epochs=2).model_id
+
+
+def fresh(trained, folder, scored=None):
+    """A config on a copy of the catalogue and the model registry; no scores yet, or a copy of
+    the ``scored`` fixture's scores (one full scoring run saved; its rejects name other paths)."""
+    root, cfg, model_id = trained
+    shutil.copytree(root / "audio", folder / "audio")
+    shutil.copytree(root / "out" / "models", folder / "out" / "models")
+    if scored is not None:
+        shutil.copytree(f"{scored[0].storage.root}/scores", folder / "out" / "scores")
+    out = cfg.model_copy(deep=True)
+    out.storage.root = str(folder / "out")
+    out.catalogue.audio_uri = str(folder / "audio")
+    return out, model_id
+
+
+def scores(cfg, model_id) -> pd.DataFrame:
+    """The score table as pandas reads it (the folder, as a user would)."""
+    return pd.read_parquet(scores_uri(cfg, model_id)).sort_values("track_id").reset_index(drop=True)
+
+
+def score_rejects(cfg) -> pd.DataFrame:
+    df = pd.read_parquet(rejects_uri(cfg))
+    return df[df.stage == "score"]
+
+
+@pytest.fixture(scope="module")
+def scored(trained, tmp_path_factory, spark):
+    cfg, model_id = fresh(trained, tmp_path_factory.mktemp("scored"))
+    return cfg, model_id, run_score(cfg, spark, "nightly")
+
+
+def test_aggregate_clips_means_probabilities_and_renormalises_the_embedding():
+    probs = np.array([[0.8, 0.2], [0.4, 0.6]], np.float32)
+    emb = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    p, e = aggregate_clips(probs, emb)
+    np.testing.assert_allclose(p, [0.6, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(e, [2**-0.5, 2**-0.5], rtol=1e-6)
+    assert p.dtype == e.dtype == np.float32
+
+
+def test_first_run_scores_every_track_with_the_contract_columns(scored):
+    cfg, model_id, summary = scored
+    assert (summary.scored, summary.rejected, summary.tracks_listed) == (N_TRACKS, 1, N_TRACKS + 1)
+    assert summary.table_tracks == N_TRACKS and sum(summary.genres.values()) == N_TRACKS
+    assert any(line.startswith("  scored 18 (36 clips)") for line in summary.lines())
+    df = scores(cfg, model_id)
+    assert tuple(df.columns) == SCORE_COLUMNS
+    assert len(df) == N_TRACKS and df.track_id.is_unique
+    assert (df.model_id == model_id).all() and (df.n_clips == 2).all() and df.n_clips.dtype == np.int32
+    assert str(df.scored_at.dt.tz) == "UTC"
+    probs = np.stack(df.probabilities)
+    emb = np.stack(df.embedding)
+    assert probs.shape == (N_TRACKS, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(df.confidence, probs.max(axis=1), rtol=1e-6)
+    assert list(df.genre) == [GENRES[i] for i in probs.argmax(axis=1)]
+    audio = cfg.catalogue.audio_uri
+    assert all(
+        row.audio_sha256 == hashlib.sha256(open(f"{audio}/{row.track_id}.wav", "rb").read()).hexdigest()
+        for row in df.itertuples()
+    )
+    rejects = score_rejects(cfg)
+    assert list(rejects.source_uri) == [f"{audio}/bad/text.mp3"]
+    assert "undecodable" in rejects.reason.iloc[0]
+
+
+def test_spark_reads_the_score_table(scored, spark):
+    cfg, model_id, _ = scored
+    df = spark.read.parquet("file://" + scores_uri(cfg, model_id))
+    assert df.count() == N_TRACKS
+    types = dict(df.dtypes)
+    assert types["probabilities"] == "array<float>" and types["embedding"] == "array<float>"
+    assert types["n_clips"] == "int" and types["scored_at"] == "timestamp"
+    assert len({row.track_id for row in df.select("track_id").collect()}) == N_TRACKS
+
+
+def test_nightly_scores_only_new_and_changed_tracks(trained, scored, tmp_path, spark):
+    cfg, model_id = fresh(trained, tmp_path, scored)
+    files = sorted(commit.table_files(Storage(), scores_uri(cfg, model_id)))
+    again = run_score(cfg, spark, "nightly")
+    assert (again.scored, again.skipped_unchanged, again.rejected) == (0, N_TRACKS, 1)
+    assert sorted(commit.table_files(Storage(), scores_uri(cfg, model_id))) == files
+
+    rng = np.random.default_rng(7)
+    write_audio(tmp_path / "audio/low/low00.wav", synthetic("low", rng, seconds=6.5))  # changed: 3 clips
+    write_audio(tmp_path / "audio/new/a.flac", synthetic("high", rng))
+    write_audio(tmp_path / "audio/new/b.ogg", synthetic("noise", rng))
+    third = run_score(cfg, spark, "nightly")
+    assert (third.scored, third.skipped_unchanged, third.table_tracks) == (3, N_TRACKS - 1, N_TRACKS + 2)
+    assert (third.skipped_rejected, third.rejected) == (1, 0)
+    assert len(score_rejects(cfg)) == 1  # an unchanged bad file is neither decoded nor reported again
+    df = scores(cfg, model_id).set_index("track_id")
+    assert len(df) == N_TRACKS + 2 and df.index.is_unique
+    assert df.n_clips["low/low00"] == 3 and {"new/a", "new/b"} <= set(df.index)
+    new_sha = hashlib.sha256((tmp_path / "audio/low/low00.wav").read_bytes()).hexdigest()
+    assert df.audio_sha256["low/low00"] == new_sha
+
+
+def test_backfill_rescores_everything_without_duplicates(trained, scored, tmp_path, spark):
+    cfg, model_id = fresh(trained, tmp_path, scored)
+    before = scores(cfg, model_id)
+    backfill = run_score(cfg, spark, "backfill")
+    assert (backfill.scored, backfill.skipped_unchanged, backfill.rejected) == (N_TRACKS, 0, 1)
+    after = scores(cfg, model_id)
+    assert len(after) == N_TRACKS and after.track_id.is_unique
+    assert all(backfill.run_id in f for f in commit.table_files(Storage(), scores_uri(cfg, model_id)))
+    # Same inputs, same outputs (up to float32 rounding of differently composed batches).
+    np.testing.assert_allclose(np.stack(after.probabilities), np.stack(before.probabilities), atol=1e-5)
+    np.testing.assert_allclose(np.stack(after.embedding), np.stack(before.embedding), atol=1e-5)
+    assert list(after.genre) == list(before.genre)
+    assert len(score_rejects(cfg)) == 1
+
+
+@pytest.mark.parametrize("killed", ["nightly", "backfill"])
+def test_run_killed_mid_commit_leaves_one_row_per_track(trained, scored, tmp_path, spark, monkeypatch, killed):
+    # Over a scored table. nightly: a changed and a new track, so the commit adds new files,
+    # adds rewrites of old files without the changed track and removes those; backfill: all.
+    cfg, model_id = fresh(trained, tmp_path, scored)
+    table = scores_uri(cfg, model_id)
+    expected = N_TRACKS
+    if killed == "nightly":
+        rng = np.random.default_rng(3)
+        write_audio(tmp_path / "audio/high/high00.wav", synthetic("high", rng, seconds=6.5))
+        write_audio(tmp_path / "audio/new/c.wav", synthetic("low", rng))
+        expected += 1
+    real_move = Storage.move
+    moves = []
+
+    def dying_move(self, src, dst):
+        if len(moves) == 1:
+            raise KeyboardInterrupt("killed")  # what a kill looks like to the driver, mid-commit
+        moves.append(dst)
+        real_move(self, src, dst)
+
+    monkeypatch.setattr(Storage, "move", dying_move)
+    with pytest.raises(KeyboardInterrupt):
+        run_score(cfg, spark, killed)
+    monkeypatch.setattr(Storage, "move", real_move)
+    assert Storage().exists(f"{table}/{commit.JOURNAL}")
+    rerun = run_score(cfg, spark, "nightly")
+    assert rerun.scored == 0 and rerun.skipped_unchanged == expected  # the journal was rolled forward
+    df = scores(cfg, model_id)
+    assert len(df) == expected and df.track_id.is_unique
+    if killed == "nightly":
+        assert df.set_index("track_id").n_clips["high/high00"] == 3
+    assert not Storage().exists(f"{table}/{commit.JOURNAL}")
+    assert not list(Storage().list_files(f"{table}/{commit.TMP}"))
+
+
+def test_classify_matches_the_score_job_and_reports_bad_files(scored, tmp_path, capsys):
+    cfg, model_id, _ = scored
+    audio = cfg.catalogue.audio_uri
+    paths = [f"{audio}/low/low01.wav", f"{audio}/bad/text.mp3", str(tmp_path / "missing.wav"), f"{audio}/noise"]
+    results = classify_files(cfg, paths, model=model_id)
+    assert [r["path"] for r in results] == paths
+    good, bad, missing, folder = results
+    assert set(good) == {"path", "genre", "confidence", "probabilities", "clips"}
+    assert good["clips"] == 2 and list(good["probabilities"]) == GENRES
+    assert good["genre"] == max(good["probabilities"], key=good["probabilities"].get)
+    assert good["confidence"] == max(good["probabilities"].values())
+    row = scores(cfg, model_id).set_index("track_id").loc["low/low01"]
+    assert good["genre"] == row.genre
+    np.testing.assert_allclose(list(good["probabilities"].values()), row.probabilities, atol=1e-4)
+    assert "undecodable" in bad["error"] and missing["error"] == "file not found" and "directory" in folder["error"]
+    assert exit_code(results) == 1 and exit_code([good]) == 0
+
+    lines = format_jsonl(results).splitlines()
+    assert len(lines) == 4
+    parsed = [json.loads(line) for line in lines]
+    assert list(parsed[0]) == ["path", "genre", "confidence", "probabilities", "clips"]
+    assert set(parsed[1]) == {"path", "error"}
+    table = format_table(results)
+    assert good["genre"] in table.splitlines()[1] and "ERROR: file not found" in table
+
+
+def test_model_with_other_audio_settings_is_refused(scored, spark):
+    cfg, model_id, _ = scored
+    other = cfg.model_copy(deep=True)
+    other.audio.n_mels = 64
+    with pytest.raises(ConfigError, match="n_mels: model 128 vs config 64"):
+        run_score(other, spark, "nightly", model=model_id)
+    with pytest.raises(ConfigError, match="n_mels: model 128 vs config 64"):
+        classify_files(other, ["x.wav"])
+    with pytest.raises(ConfigError, match="score mode"):
+        run_score(cfg, spark, "weekly")
+    with pytest.raises(ConfigError, match="model 'nope' not found"):
+        classify_files(cfg, ["x.wav"], model="nope")
