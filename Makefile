@@ -6,7 +6,7 @@ CONF ?= conf/local.yaml
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup test lint demo ingest bench bench-ingest clean
+.PHONY: setup test lint demo ingest bench bench-ingest bench-score package submit notebooks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,10 +23,21 @@ ingest: setup
 demo: setup
 	@bash scripts/demo.sh $(CONF)
 
-bench: bench-ingest
+bench: bench-ingest bench-score
 
 bench-ingest: setup
 	$(PY) bench/ingest.py
+
+bench-score: setup
+	$(PY) bench/score.py
+
+# dist/: the genrecast wheel and genrecast.zip for --py-files (ENV_ARCHIVE=1: a packed venv too).
+package: setup
+	@bash scripts/package.sh
+
+# make submit JOB=ingest|train|score|recommend CONF=conf/cluster.yaml [ARGS="--mode nightly"]
+submit: package
+	@CONF=$(CONF) bash scripts/submit.sh $(JOB) $(ARGS)
 
 clean:
 	rm -rf data/genrecast bench/out

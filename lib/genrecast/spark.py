@@ -27,6 +27,23 @@ DEFAULT_CONF = {
     "spark.python.worker.reuse": "true",
 }
 
+# GENRECAST_FORWARD_AWS_ENV=1: hand these AWS credential-chain variables from the driver's
+# environment to the executors as spark.executorEnv.* (set here, in the driver process: never on
+# a command line, where `ps` shows them, nor in a file). For clusters whose nodes have no
+# credentials of their own (Spark standalone without instance roles); with instance or pod
+# roles (EMR, Dataproc, EKS IRSA) leave it unset.
+FORWARD_AWS_ENV = "GENRECAST_FORWARD_AWS_ENV"
+AWS_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def forwarded_executor_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``spark.executorEnv.NAME`` settings for the AWS variables set in ``environ``, if
+    ``GENRECAST_FORWARD_AWS_ENV=1`` is among them; else nothing. Values are never logged."""
+    environ = dict(os.environ if environ is None else environ)
+    if environ.get(FORWARD_AWS_ENV) != "1":
+        return {}
+    return {f"spark.executorEnv.{name}": environ[name] for name in AWS_ENV_VARS if environ.get(name)}
+
 
 def get_spark(cfg: Config) -> Any:
     """Create (or reuse) the SparkSession named in the config.
@@ -46,6 +63,11 @@ def get_spark(cfg: Config) -> Any:
         builder = builder.master(cfg.spark.master)
     for key, value in {**DEFAULT_CONF, **cfg.spark.conf}.items():
         builder = builder.config(key, value)
+    forwarded = forwarded_executor_env()
+    for key, value in forwarded.items():
+        builder = builder.config(key, value)
+    if forwarded:
+        log.info("executors get %s from the driver's environment", ", ".join(k.split(".")[-1] for k in forwarded))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

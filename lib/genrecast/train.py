@@ -89,6 +89,22 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+def worker_env(addresses: list[str], rank: int) -> dict[str, str]:
+    """Environment of one TF worker process: the task's own, ``TF_CONFIG``, and - when genrecast
+    was imported from a zip shipped with ``spark-submit --py-files`` - that zip on
+    ``PYTHONPATH``: Spark puts it on the task's ``sys.path``, not in its environment, so a child
+    process would not find genrecast (or would find another copy) without it."""
+    import genrecast
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genrecast.__file__)))
+    if os.path.isfile(root):  # a zip archive (--py-files), not a directory install
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+        env["PYTHONPATH"] = os.pathsep.join([root, *rest])
+    env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": rank}})
+    return env
+
+
 def _barrier_task(spec_base: dict[str, Any], storage: Storage, model_dir: str) -> Any:
     """Runs in each barrier task: gather addresses -> TF_CONFIG -> fresh TF worker process."""
 
@@ -109,10 +125,7 @@ def _barrier_task(spec_base: dict[str, Any], storage: Storage, model_dir: str) -
             spec_path = os.path.join(tmp, "spec.json")
             with open(spec_path, "w") as fh:
                 json.dump(spec, fh)
-            env = dict(
-                os.environ,
-                TF_CONFIG=json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": rank}}),
-            )
+            env = worker_env(addresses, rank)
             proc = subprocess.run(
                 [sys.executable, "-m", "genrecast.train_worker", spec_path],
                 env=env,
@@ -147,6 +160,23 @@ def _labelled_tracks(cfg: Config, spark: Any) -> tuple[list[LabelledTrack], str,
             tracks.append(LabelledTrack(track_id, genre, artist))
             fingerprint.update(f"{track_id}\0{sha}\0{genre}\n".encode())
     return tracks, fingerprint.hexdigest(), Counter(t.genre for t in tracks)
+
+
+def _collect_barrier(spark: Any, rdd: Any, workers: int) -> list[dict[str, Any]]:
+    """Run the barrier stage. If one of its tasks dies (its executor or TF process is lost),
+    Spark kills the others - their TF processes die with them (PR_SET_PDEATHSIG) - and aborts
+    the job: a barrier result stage is not retried. That is one clear error here, and nothing
+    is published (``LATEST`` keeps the previous model): run ``genrecast train`` again."""
+    from py4j.protocol import Py4JJavaError
+
+    from genrecast.spark import with_progress
+
+    try:
+        return with_progress(spark, "train", rdd.collect, every=30.0)
+    except Py4JJavaError as exc:
+        message = str(exc.java_exception.getMessage() or exc.java_exception.toString())
+        reason = " ".join(line.strip() for line in message.splitlines()[:3] if line.strip())
+        raise JobError(f"training stage of {workers} barrier tasks failed, nothing published: {reason[:500]}") from exc
 
 
 def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int | None = None) -> TrainResult:
@@ -210,15 +240,13 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
         "threads": int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
     }
-    from genrecast.spark import with_progress
-
     rdd = (
         spark.sparkContext.parallelize(range(workers), workers)
         .barrier()
         .mapPartitions(_barrier_task(spec, storage, model_dir))
     )
     t_train = time.monotonic()
-    results = sorted(with_progress(spark, "train", rdd.collect, every=30.0), key=lambda r: r["rank"])
+    results = sorted(_collect_barrier(spark, rdd, workers), key=lambda r: r["rank"])
     train_seconds = time.monotonic() - t_train
     digests = {r["weights_sha256"] for r in results}
     if len(digests) != 1:
