@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONF ?= conf/local.yaml
 export SPARK_LOCAL_IP ?= 127.0.0.1
+# Local jobs run this venv's Python; `make submit` passes on only a PYSPARK_PYTHON of your own
+# (cluster nodes have no .venv of this checkout).
+USER_PYSPARK_PYTHON := $(PYSPARK_PYTHON)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 
 .PHONY: setup test lint demo ingest bench bench-ingest bench-score package submit notebooks clean
@@ -37,7 +40,7 @@ package: setup
 
 # make submit JOB=ingest|train|score|recommend CONF=conf/cluster.yaml [ARGS="--mode nightly"]
 submit: package
-	@CONF=$(CONF) bash scripts/submit.sh $(JOB) $(ARGS)
+	@CONF=$(CONF) PYSPARK_PYTHON=$(USER_PYSPARK_PYTHON) bash scripts/submit.sh $(JOB) $(ARGS)
 
 clean:
 	rm -rf data/genrecast bench/out

@@ -15,7 +15,8 @@
 #                  ENV_ARCHIVE=1) and ENV_ARCHIVE is not 0; executors then run
 #                  ./environment/bin/python
 #   Python         executors: EXECUTOR_PYTHON, else the archive's python, else PYSPARK_PYTHON
-#                  (a path that must exist on every node; `make` sets the local venv's), else
+#                  (a path that must exist on every node; `make submit` passes
+#                  only one set in your environment), else
 #                  the cluster's default. Driver (client mode): this checkout's venv python.
 # Other environment: CONF (default conf/cluster.yaml), DEPLOY_MODE (client, or cluster: the
 # config file is then shipped with --files), SUBMIT_ARGS (extra spark-submit options, split on
