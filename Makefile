@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check lib jobs tests bench
+	$(VENV)/bin/ruff check lib jobs tests bench notebooks
 
 ingest: setup
 	$(VENV)/bin/genrecast ingest --conf $(CONF)
@@ -41,6 +41,9 @@ package: setup
 # make submit JOB=ingest|train|score|recommend CONF=conf/cluster.yaml [ARGS="--mode nightly"]
 submit: package
 	@CONF=$(CONF) PYSPARK_PYTHON=$(USER_PYSPARK_PYTHON) bash scripts/submit.sh $(JOB) $(ARGS)
+
+notebooks: setup
+	@bash scripts/notebooks.sh $(CONF)
 
 clean:
 	rm -rf data/genrecast bench/out
