@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from genrecast.config import Config, load_config
+from genrecast.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,23 @@ def tone(seconds: float, sr: int = 22050, freq: float = 440.0, channels: int = 1
     t = np.arange(int(round(seconds * sr))) / sr
     cols = [amp * np.sin(2 * np.pi * freq * (k + 1) * t) for k in range(channels)]
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+def synthetic_track(kind: str, rng: np.random.Generator, seconds: float = 6.2, sr: int = 22050) -> np.ndarray:
+    """(frames, 1) float32 of three clearly separable 'genres' with within-class variation
+    (pitch and level jitter): ``low`` a drone with slow pulses, ``high`` a whistle, anything
+    else fast broadband noise bursts. Small models learn them in an epoch or two."""
+    t = np.arange(int(seconds * sr)) / sr
+    jitter = rng.uniform(0.97, 1.03)
+    if kind == "low":
+        y = sum(0.3 / h * np.sin(2 * np.pi * 110 * jitter * h * t) for h in (1, 2, 3)) * (
+            1 + np.sin(2 * np.pi * 1.5 * t)
+        )
+    elif kind == "high":
+        y = 0.4 * np.sin(2 * np.pi * 1760 * jitter * t) + 0.02 * rng.normal(size=t.size)
+    else:
+        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * jitter * t) > 0.3)
+    return (y * rng.uniform(0.5, 1.0)).astype(np.float32)[:, None]
 
 
 def write_audio(path: Path, y: np.ndarray, sr: int = 22050, subtype: str | None = None) -> Path:
@@ -78,3 +98,25 @@ def write_config(folder: Path, extra: str = "") -> Config:
         "ingest: {tracks_per_partition: 3}\n" + extra
     )
     return load_config(conf)
+
+
+@contextlib.contextmanager
+def killed_mid_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``with killed_mid_commit(monkeypatch): run_job(...)``: the job's second ``Storage.move``
+    (a commit half done) raises KeyboardInterrupt - what a kill looks like to the driver - and
+    the block expects it. Moves work normally again afterwards."""
+    real_move = Storage.move
+    moves: list[str] = []
+
+    def dying_move(self: Storage, src: str, dst: str) -> None:
+        if len(moves) == 1:
+            raise KeyboardInterrupt("killed")
+        moves.append(dst)
+        real_move(self, src, dst)
+
+    monkeypatch.setattr(Storage, "move", dying_move)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(Storage, "move", real_move)

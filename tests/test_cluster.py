@@ -27,14 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sparkcluster import StandaloneCluster, cmdline, group_pids
-from test_train import synthetic_track
 
 from genrecast import commit, registry
 from genrecast.config import load_config
 from genrecast.dataset import mels_uri, scores_uri
 from genrecast.storage import Storage
 
-from conftest import REPO, write_audio
+from conftest import REPO, synthetic_track, write_audio
 from s3server import CREDENTIALS, SeaweedS3
 
 pytestmark = pytest.mark.cluster

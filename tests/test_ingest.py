@@ -13,7 +13,7 @@ from genrecast.dataset import make_mel_reader, mels_uri, rejects_uri
 from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 
-from conftest import tone, write_audio, write_config
+from conftest import killed_mid_commit, tone, write_audio, write_config
 
 LABELS = """track_id,genre,artist
 rock/r1,rock,band-a
@@ -191,19 +191,8 @@ def test_full_rebuild_gives_the_same_rows(tmp_path, spark):
 
 def test_run_killed_mid_commit_is_completed_by_the_next_run(tmp_path, spark, monkeypatch):
     cfg = _small_catalogue(tmp_path)
-    real_move = Storage.move
-    moves = []
-
-    def dying_move(self, src, dst):
-        if len(moves) == 1:
-            raise KeyboardInterrupt("killed")  # what a kill looks like to the driver, mid-commit
-        moves.append(dst)
-        real_move(self, src, dst)
-
-    monkeypatch.setattr(Storage, "move", dying_move)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_mid_commit(monkeypatch):
         run_ingest(cfg, spark)
-    monkeypatch.setattr(Storage, "move", real_move)
     assert Storage().exists(f"{mels_uri(cfg)}/{commit.JOURNAL}")
     rerun = run_ingest(cfg, spark)
     assert rerun.tracks_ok == 0 and rerun.skipped_unchanged == 4  # the journal was rolled forward

@@ -16,25 +16,12 @@ from genrecast.score import run_score
 from genrecast.split import TEST, LabelledTrack, assign_splits
 from genrecast.train import run_train
 
-from conftest import REPO, write_audio, write_config
+from conftest import REPO, synthetic_track, write_audio, write_config
 
-SR = 22050
 GENRES = ["low", "high", "noise"]
 PER_GENRE = 5
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
-
-def synthetic(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """(frames, 1) float32: a pulsing low drone, a high whistle or noise bursts, with jitter."""
-    t = np.arange(int(seconds * SR)) / SR
-    f = rng.uniform(0.97, 1.03)
-    if kind == "low":
-        y = 0.3 * np.sin(2 * np.pi * 110 * f * t) * (1 + np.sin(2 * np.pi * 1.5 * t))
-    elif kind == "high":
-        y = 0.4 * np.sin(2 * np.pi * 1760 * f * t) + 0.02 * rng.normal(size=t.size)
-    else:
-        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * f * t) > 0.3)
-    return y.astype(np.float32)[:, None]
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +43,11 @@ def tiny_run(tmp_path_factory, spark):
     sides = assign_splits(labelled, test=split.test, val=split.val, seed=split.seed, by=split.by)
     twins = [next(t.track_id for t in labelled if t.genre == g and sides[t.track_id] == TEST) for g in GENRES[:2]]
     rng = np.random.default_rng(3)
-    twin_audio = synthetic("high", rng, 4.5)
+    twin_audio = synthetic_track("high", rng, 4.5)
     for t in labelled:
-        y = twin_audio if t.track_id in twins else synthetic(t.genre, rng, rng.uniform(4.0, 6.0))
+        y = twin_audio if t.track_id in twins else synthetic_track(t.genre, rng, rng.uniform(4.0, 6.0))
         write_audio(root / "audio" / f"{t.track_id}.wav", y)
-    write_audio(root / "audio" / "new" / "mystery.flac", synthetic("high", rng, 4.5))
+    write_audio(root / "audio" / "new" / "mystery.flac", synthetic_track("high", rng, 4.5))
     (root / "audio" / "bad").mkdir()
     (root / "audio" / "bad" / "text.mp3").write_text("not audio\n" * 50)
     (root / "labels.csv").write_text(

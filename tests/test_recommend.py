@@ -29,9 +29,8 @@ from genrecast.recommend import (
 from genrecast.storage import Storage, join
 from genrecast.train import run_train
 
-from conftest import write_audio, write_config
+from conftest import synthetic_track, write_audio, write_config
 
-SR = 22050
 DIM = 128
 
 
@@ -261,18 +260,6 @@ def test_missing_scores_is_a_clear_error(tmp_path, spark):
 # -- cold start with a real (tiny) model -------------------------------------------------------
 
 
-def synthetic_track(kind: str, rng: np.random.Generator, seconds: float = 4.0) -> np.ndarray:
-    """Three separable 'genres': a low drone, a high whistle, noise bursts."""
-    t = np.arange(int(seconds * SR)) / SR
-    f = rng.uniform(0.97, 1.03)
-    if kind == "low":
-        y = sum(0.3 / h * np.sin(2 * np.pi * 110 * f * h * t) for h in (1, 2, 3))
-    elif kind == "high":
-        y = 0.4 * np.sin(2 * np.pi * 1760 * f * t) + 0.02 * rng.normal(size=t.size)
-    else:
-        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * f * t) > 0.3)
-    return (y * rng.uniform(0.5, 1.0)).astype(np.float32)[:, None]
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, spark):
@@ -284,7 +271,7 @@ def tiny_model(tmp_path_factory, spark):
     rows = ["track_id,genre"]
     for kind in ("low", "high", "noise"):
         for i in range(5):
-            write_audio(root / "audio" / kind / f"{kind}{i}.wav", synthetic_track(kind, rng))
+            write_audio(root / "audio" / kind / f"{kind}{i}.wav", synthetic_track(kind, rng, seconds=4.0))
             rows.append(f"{kind}/{kind}{i},{kind}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     cfg = write_config(root, "genres: [low, high, noise]\ntrain: {epochs: 1, batch_size: 8, workers: 1}\n")
@@ -297,7 +284,7 @@ def tiny_model(tmp_path_factory, spark):
 
 def test_similar_for_audio_returns_catalogue_tracks(tiny_model, tmp_path):
     cfg, root, ids = tiny_model
-    new = write_audio(tmp_path / "new.wav", synthetic_track("high", np.random.default_rng(7)))
+    new = write_audio(tmp_path / "new.wav", synthetic_track("high", np.random.default_rng(7), seconds=4.0))
     rows = similar_for_audio(cfg, str(new), k=4)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert all(r["track_id"] in ids for r in rows) and len({r["track_id"] for r in rows}) == 4

@@ -19,25 +19,12 @@ from genrecast.score import SCORE_COLUMNS, aggregate_clips, run_score
 from genrecast.storage import Storage
 from genrecast.train import run_train
 
-from conftest import write_audio, write_config
+from conftest import killed_mid_commit, synthetic_track, write_audio, write_config
 
-SR = 22050
 GENRES = ["low", "high", "noise"]
 PER_GENRE = 6
 N_TRACKS = len(GENRES) * PER_GENRE
 
-
-def synthetic(kind: str, rng: np.random.Generator, seconds: float = 4.5) -> np.ndarray:
-    """(frames, 1) float32: a low drone, a high whistle or noise bursts, with a little jitter."""
-    t = np.arange(int(seconds * SR)) / SR
-    f = rng.uniform(0.97, 1.03)
-    if kind == "low":
-        y = 0.3 * np.sin(2 * np.pi * 110 * f * t) * (1 + np.sin(2 * np.pi * 1.5 * t))
-    elif kind == "high":
-        y = 0.4 * np.sin(2 * np.pi * 1760 * f * t) + 0.02 * rng.normal(size=t.size)
-    else:
-        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * f * t) > 0.3)
-    return y.astype(np.float32)[:, None]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def trained(tmp_path_factory, spark):
     rows = ["track_id,genre"]
     for kind in GENRES:
         for i in range(PER_GENRE):
-            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic(kind, rng))
+            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic_track(kind, rng, seconds=4.5))
             rows.append(f"{kind}/{kind}{i:02d},{kind}")
     (root / "audio/bad").mkdir()
     (root / "audio/bad/text.mp3").write_text("not audio\n" * 50)
@@ -142,9 +129,9 @@ def test_nightly_scores_only_new_and_changed_tracks(trained, scored, tmp_path, s
     assert sorted(commit.table_files(Storage(), scores_uri(cfg, model_id))) == files
 
     rng = np.random.default_rng(7)
-    write_audio(tmp_path / "audio/low/low00.wav", synthetic("low", rng, seconds=6.5))  # changed: 3 clips
-    write_audio(tmp_path / "audio/new/a.flac", synthetic("high", rng))
-    write_audio(tmp_path / "audio/new/b.ogg", synthetic("noise", rng))
+    write_audio(tmp_path / "audio/low/low00.wav", synthetic_track("low", rng, seconds=6.5))  # changed: 3 clips
+    write_audio(tmp_path / "audio/new/a.flac", synthetic_track("high", rng, seconds=4.5))
+    write_audio(tmp_path / "audio/new/b.ogg", synthetic_track("noise", rng, seconds=4.5))
     third = run_score(cfg, spark, "nightly")
     assert (third.scored, third.skipped_unchanged, third.table_tracks) == (3, N_TRACKS - 1, N_TRACKS + 2)
     assert (third.skipped_rejected, third.rejected) == (1, 0)
@@ -180,22 +167,11 @@ def test_run_killed_mid_commit_leaves_one_row_per_track(trained, scored, tmp_pat
     expected = N_TRACKS
     if killed == "nightly":
         rng = np.random.default_rng(3)
-        write_audio(tmp_path / "audio/high/high00.wav", synthetic("high", rng, seconds=6.5))
-        write_audio(tmp_path / "audio/new/c.wav", synthetic("low", rng))
+        write_audio(tmp_path / "audio/high/high00.wav", synthetic_track("high", rng, seconds=6.5))
+        write_audio(tmp_path / "audio/new/c.wav", synthetic_track("low", rng, seconds=4.5))
         expected += 1
-    real_move = Storage.move
-    moves = []
-
-    def dying_move(self, src, dst):
-        if len(moves) == 1:
-            raise KeyboardInterrupt("killed")  # what a kill looks like to the driver, mid-commit
-        moves.append(dst)
-        real_move(self, src, dst)
-
-    monkeypatch.setattr(Storage, "move", dying_move)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_mid_commit(monkeypatch):
         run_score(cfg, spark, killed)
-    monkeypatch.setattr(Storage, "move", real_move)
     assert Storage().exists(f"{table}/{commit.JOURNAL}")
     rerun = run_score(cfg, spark, "nightly")
     assert rerun.scored == 0 and rerun.skipped_unchanged == expected  # the journal was rolled forward

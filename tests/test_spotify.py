@@ -43,7 +43,7 @@ from genrecast.spotify_labels import (
 from genrecast.storage import Storage
 from genrecast.train import run_train
 
-from conftest import write_audio, write_config
+from conftest import synthetic_track, write_audio, write_config
 from spotify_server import FakeSpotify, entry, episode_object, local_object, spotify_id, track_object
 
 CLIENT_ID = "genrecast-test-client-7c41e2"
@@ -419,20 +419,7 @@ def test_cli_labels_spotify(catalogue, fake, monkeypatch, capsys):
 
 
 # -- adding a genre end to end --------------------------------------------------------------
-SR = 22050
-
-
-def synthetic(kind: str, rng: np.random.Generator, seconds: float = 4.0) -> np.ndarray:
-    """Three clearly different sounds: a low pulsing drone, a high whistle, noise bursts."""
-    t = np.arange(int(seconds * SR)) / SR
-    f = rng.uniform(0.97, 1.03)
-    if kind == "hiphop":
-        y = 0.4 * np.sin(2 * np.pi * 110 * f * t) * (1 + np.sin(2 * np.pi * 1.5 * t))
-    elif kind == "jazz":
-        y = 0.4 * np.sin(2 * np.pi * 1760 * f * t)
-    else:
-        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * f * t) > 0.3)
-    return y.astype(np.float32)[:, None]
+SOUNDS = {"hiphop": "low", "jazz": "high", "rap": "noise"}  # conftest.synthetic_track's kinds
 
 
 def test_a_new_genre_needs_only_config_and_labels(tmp_path, fake, spark):
@@ -441,7 +428,7 @@ def test_a_new_genre_needs_only_config_and_labels(tmp_path, fake, spark):
     for kind in ("hiphop", "jazz", "rap"):
         for i in range(4):
             track_id, artist = f"{kind}/{kind}{i}", f"{kind} artist {i}"
-            write_audio(tmp_path / "audio" / f"{track_id}.wav", synthetic(kind, rng))
+            write_audio(tmp_path / "audio" / f"{track_id}.wav", synthetic_track(SOUNDS[kind], rng, seconds=4.0))
             code = f"QZ{kind[:3].upper()}26{i:05d}"
             index.append(f"{track_id},{code if i % 2 else ''},{artist},{kind} song {i}")
             if kind == "rap":  # half match by ISRC, half by artist + title

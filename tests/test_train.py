@@ -13,25 +13,7 @@ from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 from genrecast.train import run_train
 
-from conftest import write_audio, write_config
-
-SR = 22050
-
-
-def synthetic_track(kind: str, rng: np.random.Generator, seconds: float = 6.2) -> np.ndarray:
-    """Three clearly separable 'genres' with within-class variation: a low drone with slow
-    pulses, a high whistle, fast broadband noise bursts."""
-    t = np.arange(int(seconds * SR)) / SR
-    jitter = rng.uniform(0.97, 1.03)
-    if kind == "low":
-        y = sum(0.3 / h * np.sin(2 * np.pi * 110 * jitter * h * t) for h in (1, 2, 3)) * (
-            1 + np.sin(2 * np.pi * 1.5 * t)
-        )
-    elif kind == "high":
-        y = 0.4 * np.sin(2 * np.pi * 1760 * jitter * t) + 0.02 * rng.normal(size=t.size)
-    else:
-        y = 0.5 * rng.normal(size=t.size) * (np.sin(2 * np.pi * 8 * jitter * t) > 0.3)
-    return (y * rng.uniform(0.5, 1.0)).astype(np.float32)[:, None]
+from conftest import synthetic_track, write_audio, write_config
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from genrecast.storage import Storage, join
 
@@ -88,3 +89,18 @@ def rewrite_without(storage: Storage, uri: str, drop: frozenset[str], out_uri: s
         return None
     storage.write_parquet(out_uri, kept)
     return out_uri
+
+
+def stage_without(
+    sc: Any, storage: Storage, table_uri: str, run_id: str, stale: dict[str, set[str]]
+) -> list[tuple[str, str]]:
+    """Stage, on Spark executors, each file of ``stale`` minus its listed track ids: the
+    ``(tmp, final)`` pairs for :func:`commit` (which also removes the stale files)."""
+    jobs = [
+        (f, frozenset(ids), tmp_uri(table_uri, run_id, f"keep-{i:05d}.parquet"))
+        for i, (f, ids) in enumerate(sorted(stale.items()))
+    ]
+    if not jobs:
+        return []
+    kept = sc.parallelize(jobs, len(jobs)).map(lambda j: rewrite_without(storage, *j)).collect()
+    return [(k, f"{table_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]

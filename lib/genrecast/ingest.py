@@ -309,16 +309,7 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
                 stale.setdefault(f, set()).add(track_id)
         remove = sorted(stale)
         if stale:
-            jobs = [
-                (f, frozenset(ids), commit.tmp_uri(ds_uri, run_id, f"keep-{i:05d}.parquet"))
-                for i, (f, ids) in enumerate(sorted(stale.items()))
-            ]
-            kept = (
-                sc.parallelize(jobs, len(jobs))
-                .map(lambda j: commit.rewrite_without(storage, j[0], j[1], j[2]))
-                .collect()
-            )
-            add += [(k, f"{ds_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]
+            add += commit.stage_without(sc, storage, ds_uri, run_id, stale)
             log.info("ingest: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
     t_commit = time.monotonic()
     commit.commit(storage, ds_uri, run_id, add, remove)

@@ -414,16 +414,7 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
                 stale.setdefault(f, set()).add(track_id)
         remove = sorted(stale)
         if stale:
-            jobs = [
-                (f, frozenset(ids), commit.tmp_uri(table_uri, run_id, f"keep-{i:05d}.parquet"))
-                for i, (f, ids) in enumerate(sorted(stale.items()))
-            ]
-            kept = (
-                sc.parallelize(jobs, len(jobs))
-                .map(lambda j: commit.rewrite_without(storage, j[0], j[1], j[2]))
-                .collect()
-            )
-            add += [(k, f"{table_uri}/part-{run_id}-keep-{i:05d}.parquet") for i, k in enumerate(kept) if k]
+            add += commit.stage_without(sc, storage, table_uri, run_id, stale)
             log.info("score: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
         summary.table_tracks = len((set(index) - rejected_ids) | set(written))
     commit.commit(storage, table_uri, run_id, add, remove)
