@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from genrecast import registry
 from genrecast.audio import AudioRejected
 from genrecast.config import Config
 from genrecast.errors import GenrecastError
-from genrecast.score import FLUSH_CLIPS, predictor_for
+from genrecast.score import clip_batches, predictor_for
 from genrecast.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -67,33 +67,26 @@ def classify_files(
     genres = list(meta["genres"])
     storage = Storage.from_config(cfg)
     results: list[dict[str, Any] | None] = [None] * len(paths_or_uris)
-    pending: list[tuple[int, np.ndarray]] = []  # (input position, clips), batched across files
 
-    def run_model() -> None:
+    def decoded() -> Iterator[tuple[int, np.ndarray]]:  # (input position, clips)
+        for i, path in enumerate(paths_or_uris):
+            try:
+                clips = _read_clips(storage, cfg, path)
+            except (AudioRejected, GenrecastError) as exc:  # GenrecastError: e.g. an invalid URI
+                results[i] = {"path": path, "error": str(exc)}
+                continue
+            except Exception as exc:  # storage or decoder failure on this input only: report it, go on
+                log.debug("classify: %s", path, exc_info=True)
+                first = (str(exc).strip().splitlines() or [""])[0]
+                results[i] = {"path": path, "error": f"{type(exc).__name__}: {first}"[:300]}
+                continue
+            yield i, clips
+
+    for batch in clip_batches(decoded()):  # batched across files
         predictor = predictor_for(cfg, model_id, genres, threads)
-        for (i, clips), (probs, _emb) in zip(pending, predictor.predict_tracks([c for _, c in pending]), strict=True):
+        predictions = predictor.predict_tracks([clips for _i, clips in batch])
+        for (i, clips), (probs, _emb) in zip(batch, predictions, strict=True):
             results[i] = _result(paths_or_uris[i], genres, probs, len(clips))
-        pending.clear()
-
-    pending_clips = 0
-    for i, path in enumerate(paths_or_uris):
-        try:
-            clips = _read_clips(storage, cfg, path)
-        except (AudioRejected, GenrecastError) as exc:  # GenrecastError: e.g. an invalid URI
-            results[i] = {"path": path, "error": str(exc)}
-            continue
-        except Exception as exc:  # storage or decoder failure on this input only: report it, go on
-            log.debug("classify: %s", path, exc_info=True)
-            first = (str(exc).strip().splitlines() or [""])[0]
-            results[i] = {"path": path, "error": f"{type(exc).__name__}: {first}"[:300]}
-            continue
-        pending.append((i, clips))
-        pending_clips += len(clips)
-        if pending_clips >= FLUSH_CLIPS:
-            run_model()
-            pending_clips = 0
-    if pending:
-        run_model()
     return [r for r in results if r is not None]
 
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genrecast import commit
-from genrecast.audio import AudioRejected
 from genrecast.catalogue import Track, list_tracks, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
 from genrecast.dataset import index_dataset, mels_uri, previous_rejects, rejects_uri
 from genrecast.features import log_mel_clips, usable_samples, warm_up
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join, petastorm_url
+from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +34,11 @@ UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
 
 
-@dataclass(frozen=True)
-class TrackTask:
-    """One track for an executor. ``skip_sha``: the hash already in the dataset (with the same
-    label); ``rejected_sha``: the hash of a previous reject of this file. Either match -> skip."""
-
-    track_id: str
-    uri: str
-    genre: str | None
-    skip_sha: str | None = None
-    rejected_sha: str | None = None
-
-
 @dataclass
-class PartitionResult:
-    """What one executor task reports back: small metadata, never audio."""
+class IngestPartitionResult(PartitionResult):
+    """``seconds`` by stage: fetch / decode / mel / write."""
 
-    partition: int
-    tmp_file: str | None = None
-    tracks: list[tuple[str, str]] = field(default_factory=list)  # (track_id, sha256) written
-    clips: int = 0
-    rejects: list[dict] = field(default_factory=list)
-    skipped_unchanged: int = 0
-    skipped_rejected: int = 0
-    audio_seconds: float = 0.0
-    seconds: Counter = field(default_factory=Counter)  # fetch / decode / mel / write
+    audio_seconds: float = 0.0  # of the tracks written
 
 
 _WARM: set[tuple] = set()
@@ -79,48 +59,21 @@ def ingest_partition(
     audio: AudioConf,
     ingest: IngestConf,
     tmp_prefix: str,
-) -> Iterator[PartitionResult]:
+) -> Iterator[IngestPartitionResult]:
     """Executor side: fetch, hash, decode, mel, clip each track; write one Parquet file."""
     _warm_once(audio)
     schema = mel_schema(audio)
-    res = PartitionResult(partition=index)
+    res = IngestPartitionResult(partition=index)
     cols: dict[str, list] = {k: [] for k in ("track_id", "clip_index", "genre", "mel", "source_uri", "audio_sha256")}
-    for task in tasks:
-        t0 = time.perf_counter()
-        try:
-            data = storage.read_bytes(task.uri)
-        except FileNotFoundError:
-            # Gone between listing and fetch. Any other error (credentials, an endpoint still
-            # down after retries) is not the file's fault: it fails the task, and Spark retries.
-            res.rejects.append({"source_uri": task.uri, "stage": "ingest", "reason": "file disappeared after listing"})
-            continue
-        sha = hashlib.sha256(data).hexdigest()
+    for task, data, sha in changed_inputs(storage, tasks, res, "ingest"):
         t1 = time.perf_counter()
-        res.seconds["fetch"] += t1 - t0
-        if sha == task.skip_sha:
-            res.skipped_unchanged += 1
-            continue
-        if sha == task.rejected_sha:
-            res.skipped_rejected += 1
-            continue
         try:
             y = usable_samples(data, task.uri, audio, ingest)
             t2 = time.perf_counter()
             clips = log_mel_clips(y, audio)
-        except AudioRejected as exc:
-            res.rejects.append({"source_uri": task.uri, "stage": "ingest", "reason": str(exc), "audio_sha256": sha})
+        except Exception as exc:  # AudioRejected, or a decoder bug: not fatal, the reason is kept
+            res.reject_error(task, "ingest", exc, sha)
             res.seconds["decode"] += time.perf_counter() - t1
-            continue
-        except Exception as exc:  # a decoder bug must not kill the batch; the reason is kept
-            log.exception("ingest: unexpected error on %s", task.uri)
-            res.rejects.append(
-                {
-                    "source_uri": task.uri,
-                    "stage": "ingest",
-                    "reason": f"error: {type(exc).__name__}: {exc}"[:300],
-                    "audio_sha256": sha,
-                }
-            )
             continue
         t3 = time.perf_counter()
         res.seconds["decode"] += t2 - t1
@@ -268,7 +221,7 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
     # Catalogues are laid out by genre; spread each folder over all partitions (deterministic
     # order) so every file, row group and training shard mixes genres and track lengths.
     tasks.sort(key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
-    results: list[PartitionResult] = []
+    results: list[IngestPartitionResult] = []
     if tasks:
         n_parts = max(
             math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism)

@@ -22,24 +22,25 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from genrecast import commit, registry
-from genrecast.audio import AudioRejected
 from genrecast.catalogue import Track, list_tracks
 from genrecast.config import Config
 from genrecast.dataset import previous_rejects, rejects_uri, scores_uri
 from genrecast.errors import ConfigError, JobError
 from genrecast.storage import Storage, join
+from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
 
 # Before any TensorFlow import in this process (driver or Spark worker): see genrecast.model.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 log = logging.getLogger(__name__)
+ClipItem = TypeVar("ClipItem", bound=tuple)  # (..., clips): see clip_batches
 
 MODES = ("nightly", "backfill")
 BATCH_CLIPS = 64  # clips per model call: large enough to amortise the call, small enough for cache
@@ -153,36 +154,32 @@ def predictor_for(cfg: Config, model_id: str, genres: Sequence[str], threads: in
 # -- executor side ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScoreTask:
-    """One track for an executor. ``skip_sha``: the audio this model already scored;
-    ``rejected_sha``: audio a previous score run rejected. Either matches -> skip."""
-
-    track_id: str
-    uri: str
-    skip_sha: str | None = None
-    rejected_sha: str | None = None
-
-
 @dataclass
-class ScorePartitionResult:
-    """What one executor task reports back: small metadata, never audio or embeddings."""
+class ScorePartitionResult(PartitionResult):
+    """``seconds`` by stage: fetch / audio / load / model / write."""
 
-    partition: int
-    tmp_file: str | None = None
-    tracks: list[tuple[str, str]] = field(default_factory=list)  # (track_id, sha256) scored
-    rejected_ids: list[str] = field(default_factory=list)
-    genres: Counter = field(default_factory=Counter)
-    clips: int = 0
-    rejects: list[dict] = field(default_factory=list)
-    skipped_unchanged: int = 0
-    skipped_rejected: int = 0
-    seconds: Counter = field(default_factory=Counter)  # fetch / audio / load / model / write
+    genres: Counter = field(default_factory=Counter)  # predicted genres of the tracks scored
+
+
+def clip_batches(items: Iterable[ClipItem], limit: int = FLUSH_CLIPS) -> Iterator[list[ClipItem]]:
+    """Group ``(..., clips)`` items, in order, into batches of at least ``limit`` clips (the last
+    may hold fewer): the model then runs over many tracks' clips at once, while only about
+    ``limit`` decoded clips are held in memory."""
+    batch: list[ClipItem] = []
+    n_clips = 0
+    for item in items:
+        batch.append(item)
+        n_clips += len(item[-1])
+        if n_clips >= limit:
+            yield batch
+            batch, n_clips = [], 0
+    if batch:
+        yield batch
 
 
 def score_partition(
     index: int,
-    tasks: Iterable[ScoreTask],
+    tasks: Iterable[TrackTask],
     cfg: Config,
     model_id: str,
     genres: Sequence[str],
@@ -197,19 +194,28 @@ def score_partition(
     storage = Storage.from_config(cfg)
     res = ScorePartitionResult(partition=index)
     rows: dict[str, list] = {c: [] for c in SCORE_COLUMNS}
-    pending: list[tuple[ScoreTask, str, np.ndarray]] = []
     predictor: Predictor | None = None
 
-    def run_model() -> None:
-        nonlocal predictor
+    def decoded() -> Iterator[tuple[TrackTask, str, np.ndarray]]:
+        for task, data, sha in changed_inputs(storage, tasks, res, "score"):
+            t = time.perf_counter()
+            try:
+                clips = track_clips(data, task.uri, cfg.audio, cfg.ingest)
+            except Exception as exc:  # AudioRejected, or a decoder bug: either way not fatal, reason kept
+                res.reject_error(task, "score", exc, sha)
+                continue
+            finally:
+                res.seconds["audio"] += time.perf_counter() - t
+            yield task, sha, clips
+
+    for batch in clip_batches(decoded()):
         if predictor is None:  # loaded only when there is work: a no-op nightly never imports TF
             t = time.perf_counter()
             predictor = predictor_for(cfg, model_id, genres, threads)
             res.seconds["load"] += time.perf_counter() - t
         t = time.perf_counter()
-        for (task, sha, clips), (probs, emb) in zip(
-            pending, predictor.predict_tracks([p[2] for p in pending]), strict=True
-        ):
+        predictions = predictor.predict_tracks([clips for _task, _sha, clips in batch])
+        for (task, sha, clips), (probs, emb) in zip(batch, predictions, strict=True):
             best = int(np.argmax(probs))
             for col, value in (
                 ("track_id", task.track_id),
@@ -226,47 +232,7 @@ def score_partition(
             res.tracks.append((task.track_id, sha))
             res.genres[predictor.genres[best]] += 1
             res.clips += len(clips)
-        pending.clear()
         res.seconds["model"] += time.perf_counter() - t
-
-    pending_clips = 0
-    for task in tasks:
-        t0 = time.perf_counter()
-        try:
-            data = storage.read_bytes(task.uri)
-        except FileNotFoundError:
-            # Any other error (credentials, an endpoint still down after retries) is not the
-            # file's fault: it fails the task, and Spark retries it.
-            res.rejects.append({"source_uri": task.uri, "stage": "score", "reason": "file disappeared after listing"})
-            res.rejected_ids.append(task.track_id)
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        t1 = time.perf_counter()
-        res.seconds["fetch"] += t1 - t0
-        if sha == task.skip_sha:
-            res.skipped_unchanged += 1
-            continue
-        if sha == task.rejected_sha:
-            res.skipped_rejected += 1
-            continue
-        try:
-            clips = track_clips(data, task.uri, cfg.audio, cfg.ingest)
-        except Exception as exc:  # AudioRejected, or a decoder bug: either way not fatal, reason kept
-            if not isinstance(exc, AudioRejected):
-                log.exception("score: unexpected error on %s", task.uri)
-            reason = str(exc) if isinstance(exc, AudioRejected) else f"error: {type(exc).__name__}: {exc}"[:300]
-            res.rejects.append({"source_uri": task.uri, "stage": "score", "reason": reason, "audio_sha256": sha})
-            res.rejected_ids.append(task.track_id)
-            continue
-        finally:
-            res.seconds["audio"] += time.perf_counter() - t1
-        pending.append((task, sha, clips))
-        pending_clips += len(clips)
-        if pending_clips >= FLUSH_CLIPS:
-            run_model()
-            pending_clips = 0
-    if pending:
-        run_model()
     if res.tracks:
         t = time.perf_counter()
         res.tmp_file = f"{tmp_prefix}/part-{index:05d}.parquet"
@@ -359,11 +325,11 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
     reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX)
 
     tasks = [
-        ScoreTask(
+        TrackTask(
             t.track_id,
             t.uri,
-            index[t.track_id][0] if t.track_id in index else None,
-            None if backfill else rejected_shas.get(t.uri),
+            skip_sha=index[t.track_id][0] if t.track_id in index else None,
+            rejected_sha=None if backfill else rejected_shas.get(t.uri),
         )
         for t in tracks
     ]
