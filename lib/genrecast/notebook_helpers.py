@@ -170,7 +170,7 @@ def plot_mel(ax: Any, mel: np.ndarray, audio: AudioConf, title: str = "", start_
 
 def model_report_file(cfg: Config, model_id: str, name: str) -> bytes:
     """A file of ``<root>/models/<id>/report/`` (metrics.json, confusion.png, curves.png...)."""
-    return Storage.from_config(cfg).read_bytes(join(registry.model_uri(cfg, model_id), "report", name))
+    return Storage.from_config(cfg).read_bytes(join(registry.report_uri(cfg, model_id), name))
 
 
 def per_genre_table(metrics: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ from genrecast.storage import Storage, join
 LATEST = "LATEST"
 MODEL_FILE = "model.keras"
 MODEL_JSON = "model.json"
+REPORT_DIR = "report"  # metrics.json, confusion.png, curves.png... (genrecast.train.write_report)
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,99}$")
 AUDIO_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "clip_seconds")
 
@@ -29,6 +30,10 @@ def model_uri(cfg: Config, model_id: str) -> str:
     if not _ID.match(model_id):
         raise ConfigError(f"invalid model id {model_id!r}")
     return join(models_uri(cfg), model_id)
+
+
+def report_uri(cfg: Config, model_id: str) -> str:
+    return join(model_uri(cfg, model_id), REPORT_DIR)
 
 
 def resolve_model_id(cfg: Config, spec: str = "latest") -> str:

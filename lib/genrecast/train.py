@@ -321,7 +321,7 @@ def write_report(
 ) -> str:
     """metrics.json, confusion.png (CNN, track level), baseline_confusion.png, curves.png, report.txt."""
     storage = Storage.from_config(cfg)
-    out = join(registry.model_uri(cfg, model_id), "report")
+    out = registry.report_uri(cfg, model_id)
     with tempfile.TemporaryDirectory() as tmp:
         report.plot_confusion(
             metrics["cnn_track"]["confusion"],
