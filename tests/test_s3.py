@@ -12,11 +12,11 @@ from genrecast.dataset import make_mel_reader, mels_uri, rejects_uri
 from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 
-from conftest import tone, write_audio
+from conftest import REPO, tone, write_audio
 from s3server import CREDENTIALS, SeaweedS3
 
 pytestmark = pytest.mark.s3
-BUCKET = "genrecast-test"
+BUCKET = "genrecast-local"  # conf/s3-local.yaml's
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,11 @@ def s3_config(s3, tmp_path_factory):
         Key="catalogue/labels.csv",
         Body=b"track_id,genre\nrock/a,rock\nrock/b,rock\njazz/c,jazz\njazz/d,jazz\n",
     )
-    conf = local / "s3.yaml"
-    conf.write_text(
-        f"storage: {{root: s3://{BUCKET}/root, s3: {{endpoint_url: '{s3.endpoint_url}', region: us-east-1}}}}\n"
-        f"catalogue: {{audio_uri: s3://{BUCKET}/catalogue/audio, labels_uri: s3://{BUCKET}/catalogue/labels.csv}}\n"
-        "ingest: {tracks_per_partition: 2}\n"
-    )
-    return load_config(conf)
+    # The shipped config, as a user runs it: its server address is SeaweedS3's.
+    cfg = load_config(REPO / "conf/s3-local.yaml", environ={"GENRECAST__INGEST__TRACKS_PER_PARTITION": "2"})
+    assert cfg.storage.s3.endpoint_url == s3.endpoint_url
+    assert cfg.catalogue.audio_uri == f"s3://{BUCKET}/catalogue/audio"
+    return cfg
 
 
 def test_ingest_round_trip_through_s3(s3_config, spark):
@@ -93,6 +91,6 @@ def test_credentials_never_reach_logs_or_files(s3_config, spark, caplog):
     storage = Storage.from_config(s3_config)
     secret = CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
     assert secret not in caplog.text
-    for uri, size in storage.list_files(f"s3://{BUCKET}/root"):
+    for uri, size in storage.list_files(s3_config.storage.root):
         if size < 5_000_000:
             assert secret.encode() not in storage.read_bytes(uri), uri
