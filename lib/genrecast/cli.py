@@ -73,7 +73,7 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.spark import spark_session
 
     with spark_session(cfg) as spark:
-        summary = run_ingest(cfg, spark, full=args.full)
+        summary = run_ingest(cfg, spark, full=args.full, labels_missing_ok=args.labels_missing_ok)
     print("\n".join(summary.lines()))
     return 0
 
@@ -199,9 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode the catalogue into the Petastorm mel dataset (incremental)",
         description="List catalogue.audio_uri, join catalogue.labels_uri, and write one row per "
         "clip to <storage.root>/datasets/mels (Petastorm). Incremental: tracks whose audio and "
-        "label are unchanged are skipped. Unusable inputs go to <storage.root>/rejects.",
+        "label are unchanged are skipped. Unusable inputs go to <storage.root>/rejects/job=ingest. One "
+        "writer at a time: a second ingest waits up to storage.lease.wait_seconds, then exits 2.",
     )
     p.add_argument("--full", action="store_true", help="re-ingest every track and replace the dataset")
+    p.add_argument(
+        "--labels-missing-ok",
+        action="store_true",
+        help="go on (unlabelled) when catalogue.labels_uri is missing or unreadable although the dataset holds "
+        "labelled tracks; without it ingest stops with exit 2 rather than erase their genres",
+    )
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -228,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode catalogue.audio_uri with ingest's decode + mel code, run the model on executors "
         "(loaded once per worker), write <storage.root>/scores/model=<id>/. nightly: tracks without a score "
         "from this model or whose audio changed; backfill: every track, replacing the table. Re-runs never "
-        "duplicate rows. Rejects go to <storage.root>/rejects.",
+        "duplicate rows. Rejects go to <storage.root>/rejects/job=score/model=<id>. One writer per table: a "
+        "second score run of the same model waits up to storage.lease.wait_seconds, then exits 2.",
     )
     p.add_argument("--mode", choices=["nightly", "backfill"], required=True)
     p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")

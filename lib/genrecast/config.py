@@ -49,9 +49,19 @@ def _uri(value: str | None) -> str | None:
         raise ValueError(str(exc)) from None
 
 
+class LeaseConf(_Section):
+    """One writer per table (genrecast.lease): how long a lease lives without a heartbeat, and how
+    long a second writer waits for it before exiting 2."""
+
+    ttl_seconds: float = Field(300.0, ge=1)  # renewed every third of this; > clock skew between hosts
+    wait_seconds: float = Field(60.0, ge=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
 class StorageConf(_Section):
     root: str = "data/genrecast"
     s3: S3Conf = Field(default_factory=S3Conf)
+    lease: LeaseConf = Field(default_factory=LeaseConf)
 
     _root = field_validator("root")(_uri)
 

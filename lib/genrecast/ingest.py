@@ -1,8 +1,9 @@
 """Ingest job: catalogue audio -> Spark executors -> Petastorm mel dataset (+ rejects).
 
-Flow (driver): recover interrupted commits -> read labels -> stream the catalogue listing ->
-index what the dataset already holds -> one Spark task per batch of tracks -> journalled commit
--> Petastorm metadata. Executors do all byte I/O and DSP (:func:`ingest_partition`); the driver
+Flow (driver): take the dataset's and ingest rejects' leases -> recover interrupted commits ->
+index what the dataset already holds -> read labels -> stream the catalogue listing -> one Spark
+task per batch of tracks -> one journalled commit of the data files with their Petastorm
+metadata. Executors do all byte I/O and DSP (:func:`ingest_partition`); the driver
 only handles metadata-sized lists (URIs, hashes, counts).
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import time
@@ -19,19 +19,26 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from genrecast import commit
-from genrecast.catalogue import Track, list_tracks, load_labels
+from genrecast import commit, lease
+from genrecast.catalogue import Label, Track, list_tracks, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
-from genrecast.dataset import index_dataset, mels_uri, previous_rejects, rejects_uri
+from genrecast.dataset import (
+    METADATA,
+    METADATA_SHA_KEY,
+    index_dataset,
+    mels_uri,
+    metadata_row_groups,
+    petastorm_metadata,
+    previous_rejects,
+    rejects_uri,
+)
+from genrecast.errors import ConfigError, JobError
 from genrecast.features import log_mel_clips, usable_samples, warm_up
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
-from genrecast.storage import Storage, join, petastorm_url
+from genrecast.storage import Storage, join
 from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
 
 log = logging.getLogger(__name__)
-
-UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
-ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
 
 
 @dataclass
@@ -107,32 +114,79 @@ def ingest_partition(
     yield res
 
 
-def _metadata_is_current(storage: Storage, ds_uri: str, files: list[str]) -> bool:
-    """True when ``_common_metadata`` holds the unischema and row-group counts for exactly ``files``."""
-    import pyarrow.parquet as pq
+def stage_metadata(
+    spark: Any, storage: Storage, cfg: Config, run_id: str, add: list[tuple[str, str]], remove: list[str]
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Stage the ``_common_metadata`` valid for the table as it will be after this commit (the
+    current files minus ``remove`` plus the finals of ``add``): ``([(tmp, final)], state)`` for
+    :func:`genrecast.commit.commit`, or ``([], {})`` when the committed metadata already fits.
 
-    meta_uri = join(ds_uri, "_common_metadata")
-    if not storage.exists(meta_uri):
-        return False
-    kv = pq.read_metadata(io.BytesIO(storage.read_bytes(meta_uri))).metadata or {}
-    if UNISCHEMA_KEY not in kv or ROW_GROUPS_KEY not in kv:
-        return False
-    listed = set(json.loads(kv[ROW_GROUPS_KEY]))
-    return listed == {f[len(ds_uri) + 1 :] for f in files}
-
-
-def write_petastorm_metadata(spark: Any, storage: Storage, cfg: Config) -> None:
-    """Write ``_common_metadata`` (unischema + row groups per file) with petastorm's
-    ``materialize_dataset``; the data files were already committed."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
-
+    Row groups of files already committed come from the committed metadata (its hash checked);
+    only new files' footers are read (two range reads each). A dataset without a trusted
+    metadata file (written before this version) has every footer read once, on executors.
+    """
     ds_uri = mels_uri(cfg)
-    url = petastorm_url(ds_uri)
-    factory = storage.petastorm_filesystem_factory(ds_uri)
-    with materialize_dataset(
-        spark, url, mel_schema(cfg.audio), cfg.ingest.row_group_size_mb, filesystem_factory=factory
-    ):
-        pass
+    meta_uri = join(ds_uri, METADATA)
+    state = commit.read_state(storage, ds_uri)
+    current = storage.read_versioned(meta_uri) if storage.exists(meta_uri) else None
+    trusted = current is not None and hashlib.sha256(current[0]).hexdigest() == state.get(METADATA_SHA_KEY)
+    if trusted and not add and not remove:
+        return [], {}
+    rel = lambda uri: uri[len(ds_uri) + 1 :]  # noqa: E731
+    removed = {rel(u) for u in remove}
+    if trusted:
+        row_groups = {f: n for f, n in metadata_row_groups(current[0]).items() if f not in removed}
+    else:
+        files = [f for f in commit.table_files(storage, ds_uri) if rel(f) not in removed]
+        pairs = (
+            spark.sparkContext.parallelize(files, max(1, min(len(files), 64)))
+            .map(lambda f: (rel(f), storage.parquet_metadata(f).num_row_groups))
+            .collect()
+            if files
+            else []
+        )
+        row_groups = dict(pairs)
+    arrow_schema = None
+    for tmp, final in add:
+        footer = storage.parquet_metadata(tmp)
+        row_groups[rel(final)] = footer.num_row_groups
+        arrow_schema = arrow_schema or footer.schema.to_arrow_schema()
+    if not row_groups:
+        return [], {}
+    if arrow_schema is None:  # only removals: same schema as before
+        import pyarrow.parquet as pq
+
+        if current is not None:
+            arrow_schema = pq.read_metadata(io.BytesIO(current[0])).schema.to_arrow_schema()
+        else:
+            arrow_schema = storage.parquet_metadata(join(ds_uri, next(iter(row_groups)))).schema.to_arrow_schema()
+    data = petastorm_metadata(mel_schema(cfg.audio), arrow_schema, row_groups)
+    tmp = commit.tmp_uri(ds_uri, run_id, METADATA)
+    storage.write_bytes(tmp, data)
+    return [(tmp, meta_uri)], {METADATA_SHA_KEY: hashlib.sha256(data).hexdigest()}
+
+
+def read_labels(
+    storage: Storage, cfg: Config, labelled_tracks: int, labels_missing_ok: bool
+) -> tuple[dict[str, Label], list[dict]]:
+    """labels.csv, refusing (exit 2) to go on without it while ``labelled_tracks`` in the
+    dataset have a genre that an unlabelled run would erase (a typo in the URI, a lost file)."""
+    uri = cfg.catalogue.labels_uri
+    problem = None
+    try:
+        if uri and not storage.exists(uri):
+            problem = "is missing"
+        else:
+            return load_labels(storage, uri, cfg.genres)
+    except JobError as exc:
+        problem = f"is unreadable ({exc})"
+    if labelled_tracks and not labels_missing_ok:
+        raise ConfigError(
+            f"labels file {uri} {problem}, but {labelled_tracks} track(s) in the dataset are labelled: refusing to "
+            "erase their genres (fix catalogue.labels_uri, or pass --labels-missing-ok)"
+        )
+    log.warning("ingest: labels file %s %s: ingesting without labels", uri, problem)
+    return {}, []
 
 
 @dataclass
@@ -168,18 +222,46 @@ class IngestSummary:
         return out
 
 
-def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
-    """Ingest the configured catalogue; incremental unless ``full``. Safe to kill and re-run."""
+def run_ingest(cfg: Config, spark: Any, full: bool = False, labels_missing_ok: bool = False) -> IngestSummary:
+    """Ingest the configured catalogue; incremental unless ``full``. Safe to kill and re-run, and
+    to start twice: the dataset and ingest rejects have one writer at a time (table leases)."""
     started = time.monotonic()
     storage = Storage.from_config(cfg)
-    ds_uri, rj_uri = mels_uri(cfg), rejects_uri(cfg)
+    ds_uri, rj_uri = mels_uri(cfg), rejects_uri(cfg, "ingest")
     run_id = commit.new_run_id()
     summary = IngestSummary(run_id=run_id, dataset_uri=ds_uri, rejects_uri=rj_uri)
-    sc = spark.sparkContext
-    commit.recover(storage, ds_uri)
-    commit.recover(storage, rj_uri)
+    with lease.hold(storage, cfg, run_id, "ingest", ds_uri, rj_uri) as leases:
+        commit.recover(storage, ds_uri, leases[ds_uri])
+        commit.recover(storage, rj_uri, leases[rj_uri])
+        _ingest(cfg, spark, storage, summary, full, labels_missing_ok, leases[ds_uri], leases[rj_uri])
+    summary.wall_seconds = time.monotonic() - started
+    return summary
 
-    labels, new_rejects = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
+
+def _ingest(
+    cfg: Config,
+    spark: Any,
+    storage: Storage,
+    summary: IngestSummary,
+    full: bool,
+    labels_missing_ok: bool,
+    ds_lease: lease.TableLease,
+    rj_lease: lease.TableLease,
+) -> None:
+    started = time.monotonic()
+    ds_uri, rj_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.run_id
+    sc = spark.sparkContext
+
+    old_files = commit.table_files(storage, ds_uri)
+    index: dict[str, tuple[str, str | None, set[str]]] = {}
+    if old_files:
+        for track_id, sha, genre, f in index_dataset(spark, cfg, old_files):
+            entry = index.setdefault(track_id, (sha, genre, set()))
+            entry[2].add(f)
+    labelled = sum(1 for _sha, genre, _files in index.values() if genre is not None)
+    labels, new_rejects = read_labels(storage, cfg, labelled, labels_missing_ok)
+    if full:
+        index = {}
     tracks: list[Track] = []
     for item in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions):
         if isinstance(item, Track):
@@ -202,13 +284,6 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
         len(listed_ids & set(labels)),
         time.monotonic() - started,
     )
-
-    old_files = commit.table_files(storage, ds_uri)
-    index: dict[str, tuple[str, str | None, set[str]]] = {}
-    if old_files and not full:
-        for track_id, sha, genre, f in index_dataset(spark, cfg, old_files):
-            entry = index.setdefault(track_id, (sha, genre, set()))
-            entry[2].add(f)
     reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-")
 
     tasks = []
@@ -265,15 +340,13 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
             add += commit.stage_without(sc, storage, ds_uri, run_id, stale)
             log.info("ingest: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
     t_commit = time.monotonic()
-    commit.commit(storage, ds_uri, run_id, add, remove)
-    files = commit.table_files(storage, ds_uri)
-    if files and not _metadata_is_current(storage, ds_uri, files):
-        write_petastorm_metadata(spark, storage, cfg)
+    meta_add, meta_state = stage_metadata(spark, storage, cfg, run_id, add, remove)
+    commit.commit(storage, ds_uri, run_id, add + meta_add, remove, ds_lease, state=meta_state or None)
     log.info(
-        "ingest: committed %d file(s), removed %d, Petastorm metadata for %d file(s) in %.1fs",
+        "ingest: committed %d file(s), removed %d%s in %.1fs",
         len(add),
         len(remove),
-        len(files),
+        " with new Petastorm metadata" if meta_add else "",
         time.monotonic() - t_commit,
     )
 
@@ -285,10 +358,8 @@ def run_ingest(cfg: Config, spark: Any, full: bool = False) -> IngestSummary:
         if fresh:
             storage.write_parquet(tmp, rejects_table(fresh))
             adds = [(tmp, join(rj_uri, name))]
-        commit.commit(storage, rj_uri, run_id, adds, reject_files if full else [])
+        commit.commit(storage, rj_uri, run_id, adds, reject_files if full else [], rj_lease)
     for r in new_rejects:
         summary.rejected[r["stage"]] += 1
     for r in fresh:
         log.warning("rejected %s (%s): %s", r["source_uri"], r["stage"], r["reason"])
-    summary.wall_seconds = time.monotonic() - started
-    return summary

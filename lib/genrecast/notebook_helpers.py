@@ -51,7 +51,9 @@ def read_table(cfg: Config, uri: str, columns: list[str] | None = None) -> Any:
     import pandas as pd
 
     storage = Storage.from_config(cfg)
-    frames = [storage.read_parquet(f, columns=columns).to_pandas() for f in commit.table_files(storage, uri)]
+    frames = commit.read_snapshot(
+        storage, uri, lambda files: [storage.read_parquet(f, columns=columns).to_pandas() for f in files]
+    )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 

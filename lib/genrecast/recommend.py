@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from genrecast import commit, registry
+from genrecast import commit, lease, registry
 from genrecast.catalogue import Label, load_labels, validate_track_id
 from genrecast.config import Config, RecommendConf
 from genrecast.dataset import neighbours_uri, scores_uri
@@ -107,8 +107,12 @@ def _list_matrix(column: pa.ChunkedArray, ids: list[str], source: str) -> np.nda
 
 
 def read_scores(storage: Storage, uri: str, model_id: str) -> ScoresFrame:
-    """Read ``track_id, embedding, audio_sha256, genre`` of every committed scores file."""
-    files = commit.table_files(storage, uri)
+    """Read ``track_id, embedding, audio_sha256, genre`` of one committed version of the scores
+    table (a concurrent score commit is either wholly in it or not at all)."""
+    return commit.read_snapshot(storage, uri, lambda files: _read_scores_files(storage, uri, model_id, files))
+
+
+def _read_scores_files(storage: Storage, uri: str, model_id: str, files: list[str]) -> ScoresFrame:
     if not files:
         raise JobError(f"no scores for model {model_id} at {uri}: run genrecast score --model {model_id}")
 
@@ -501,7 +505,25 @@ def run_recommend(
     table_uri, rep_uri = neighbours_uri(cfg, model_id), report_uri(cfg, model_id)
     run_id = commit.new_run_id()
     summary = RecommendSummary(model_id, run_id, k=k, table_uri=table_uri, report_uri=rep_uri)
-    commit.recover(storage, table_uri)
+    with lease.hold(storage, cfg, run_id, "recommend", table_uri) as leases:
+        commit.recover(storage, table_uri, leases[table_uri])
+        _recommend(cfg, spark, storage, summary, meta, method, started, leases[table_uri])
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _recommend(
+    cfg: Config,
+    spark: Any,
+    storage: Storage,
+    summary: RecommendSummary,
+    meta: dict[str, Any],
+    method: str | None,
+    started: float,
+    table_lease: lease.TableLease,
+) -> None:
+    settings, k, model_id, run_id = cfg.recommend, summary.k, summary.model_id, summary.run_id
+    table_uri, rep_uri = summary.table_uri, summary.report_uri
 
     frame = read_scores(storage, scores_uri(cfg, model_id), model_id)
     n = summary.tracks = len(frame.track_ids)
@@ -569,9 +591,7 @@ def run_recommend(
         add.append((tmp, join(rep_uri, name)))
     new = {final for _tmp, final in add}
     old = commit.table_files(storage, table_uri) + [u for u, _ in storage.list_files(rep_uri) if u not in new]
-    commit.commit(storage, table_uri, run_id, add, old)
-    summary.seconds = time.monotonic() - started
-    return summary
+    commit.commit(storage, table_uri, run_id, add, old, table_lease)
 
 
 # -- look-ups without Spark --------------------------------------------------------------------
@@ -588,11 +608,17 @@ def _genres_for(cfg: Config, storage: Storage, model_id: str, track_ids: list[st
     out: dict[str, str | None] = {t: labels[t].genre for t in track_ids if t in labels}
     missing = set(track_ids) - set(out)
     if missing:
-        for f in commit.table_files(storage, scores_uri(cfg, model_id)):
-            t = storage.read_parquet(f, columns=["track_id", "genre"])
-            for tid, g in zip(t.column("track_id").to_pylist(), t.column("genre").to_pylist(), strict=True):
-                if tid in missing:
-                    out[tid] = g
+
+        def predicted(files: list[str]) -> dict[str, str]:
+            found = {}
+            for f in files:
+                t = storage.read_parquet(f, columns=["track_id", "genre"])
+                for tid, g in zip(t.column("track_id").to_pylist(), t.column("genre").to_pylist(), strict=True):
+                    if tid in missing:
+                        found[tid] = g
+            return found
+
+        out.update(commit.read_snapshot(storage, scores_uri(cfg, model_id), predicted))
     return {t: out.get(t) for t in track_ids}
 
 
@@ -607,15 +633,19 @@ def similar_for_track(cfg: Config, track_id: str, k: int = 10, model: str = "lat
     storage = Storage.from_config(cfg)
     model_id = registry.resolve_model_id(cfg, model)
     table_uri = neighbours_uri(cfg, model_id)
-    files = commit.table_files(storage, table_uri)
-    if not files:
-        raise JobError(f"no neighbours table for model {model_id} at {table_uri}: run genrecast recommend")
-    hits = []
-    for f in files:
-        m = _PART.search(f)
-        if m is None or int(m.group(1)) == bucket_of(track_id, int(m.group(2))):
-            t = storage.read_parquet(f)
-            hits.append(t.filter(pc.equal(t.column("track_id"), track_id)))
+
+    def matching(files: list[str]) -> list[Any]:
+        if not files:
+            raise JobError(f"no neighbours table for model {model_id} at {table_uri}: run genrecast recommend")
+        hits = []
+        for f in files:
+            m = _PART.search(f)
+            if m is None or int(m.group(1)) == bucket_of(track_id, int(m.group(2))):
+                t = storage.read_parquet(f)
+                hits.append(t.filter(pc.equal(t.column("track_id"), track_id)))
+        return hits
+
+    hits = commit.read_snapshot(storage, table_uri, matching)
     rows = sorted((r for t in hits for r in t.to_pylist()), key=lambda r: r["rank"])
     if not rows:
         raise JobError(f"track {track_id!r} is not in the neighbours table {table_uri} (not scored by {model_id}?)")

@@ -1,10 +1,11 @@
 """Score job: catalogue audio -> Spark executors (ingest's decode + mel -> genre CNN) ->
 ``<root>/scores/model=<model_id>/``, one row per track (+ rejects).
 
-Driver: recover interrupted commits -> resolve the model, check its audio settings -> list the
-catalogue -> (nightly) index the score table's ``track_id``/``audio_sha256`` on executors ->
-one Spark task per batch of tracks -> journalled commit. Executors fetch, hash, decode and run
-the model (:func:`score_partition`), loading it once per Python worker (:func:`predictor_for`).
+Driver: resolve the model, check its audio settings -> take the leases of the score table and
+its rejects (one writer each) -> recover interrupted commits -> list the catalogue -> (nightly)
+index the score table's ``track_id``/``audio_sha256`` on executors -> one Spark task per batch
+of tracks -> journalled commit. Executors fetch, hash, decode and run the model
+(:func:`score_partition`), loading it once per Python worker (:func:`predictor_for`).
 Scoring reads the catalogue, not the mel dataset: a track need not have been ingested.
 
 Pure helpers (:func:`aggregate_clips`, :class:`Predictor`, :func:`scores_table`) need no Spark;
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from genrecast import commit, registry
+from genrecast import commit, lease, registry
 from genrecast.catalogue import Track, list_tracks
 from genrecast.config import Config
 from genrecast.dataset import previous_rejects, rejects_uri, scores_uri
@@ -301,13 +302,35 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
     meta = registry.read_model_json(cfg, model_id)
     registry.check_audio_params(meta, cfg.audio, model_id)
     genres = list(meta["genres"])
-    table_uri, rj_uri = scores_uri(cfg, model_id), rejects_uri(cfg)
-    backfill = mode == "backfill"
+    table_uri, rj_uri = scores_uri(cfg, model_id), rejects_uri(cfg, "score", model_id)
     run_id = commit.new_run_id()
     summary = ScoreSummary(run_id, model_id, mode, table_uri=table_uri, rejects_uri=rj_uri)
+    with lease.hold(storage, cfg, run_id, f"score {mode}", table_uri, rj_uri) as leases:
+        commit.recover(storage, table_uri, leases[table_uri])
+        commit.recover(storage, rj_uri, leases[rj_uri])
+        _score(cfg, spark, storage, summary, genres, leases[table_uri], leases[rj_uri])
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _score(
+    cfg: Config,
+    spark: Any,
+    storage: Storage,
+    summary: ScoreSummary,
+    genres: list[str],
+    table_lease: lease.TableLease,
+    rj_lease: lease.TableLease,
+) -> None:
+    table_uri, rj_uri, run_id, model_id, mode = (
+        summary.table_uri,
+        summary.rejects_uri,
+        summary.run_id,
+        summary.model_id,
+        summary.mode,
+    )
+    backfill = mode == "backfill"
     sc = spark.sparkContext
-    commit.recover(storage, table_uri)
-    commit.recover(storage, rj_uri)
 
     # Catalogue-stage problems (bad ids, odd extensions) are ingest's to report, not ours.
     tracks = [t for t in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions) if isinstance(t, Track)]
@@ -383,7 +406,7 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
             add += commit.stage_without(sc, storage, table_uri, run_id, stale)
             log.info("score: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
         summary.table_tracks = len((set(index) - rejected_ids) | set(written))
-    commit.commit(storage, table_uri, run_id, add, remove)
+    commit.commit(storage, table_uri, run_id, add, remove, table_lease)
 
     fresh = [r for r in new_rejects if backfill or (r["source_uri"], r["stage"], r["reason"]) not in reject_keys]
     if fresh or (backfill and reject_files):
@@ -395,8 +418,6 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
             tmp = commit.tmp_uri(rj_uri, run_id, name)
             storage.write_parquet(tmp, rejects_table(fresh))
             adds = [(tmp, join(rj_uri, name))]
-        commit.commit(storage, rj_uri, run_id, adds, reject_files if backfill else [])
+        commit.commit(storage, rj_uri, run_id, adds, reject_files if backfill else [], rj_lease)
     for r in fresh:
         log.warning("rejected %s (score): %s", r["source_uri"], r["reason"])
-    summary.wall_seconds = time.monotonic() - started
-    return summary

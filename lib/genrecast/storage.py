@@ -7,6 +7,7 @@ module never accepts, logs or writes a credential. Transient errors are retried 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -283,6 +284,61 @@ class Storage:
 
         return pq.read_table(io.BytesIO(self.read_bytes(uri)), columns=columns)
 
+    def size(self, uri: str) -> int:
+        """Bytes in one file (FileNotFoundError if there is none)."""
+        uri = normalize_uri(uri)
+        if not is_s3(uri):
+            return os.path.getsize(uri)
+        from botocore.exceptions import ClientError
+
+        parsed = urlparse(uri)
+
+        def head() -> int:
+            try:
+                return int(
+                    self.s3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"]
+                )
+            except ClientError as exc:
+                if _not_found(exc):
+                    raise FileNotFoundError(uri) from None
+                raise
+
+        return with_retries(head, f"size {uri}")
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start`` (S3: one ranged GET)."""
+        uri = normalize_uri(uri)
+        if is_s3(uri):
+            parsed = urlparse(uri)
+
+            def get() -> bytes:
+                client = self.s3_client()
+                try:
+                    resp = client.get_object(
+                        Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={start}-{start + length - 1}"
+                    )
+                except client.exceptions.NoSuchKey:
+                    raise FileNotFoundError(uri) from None
+                return resp["Body"].read()
+
+            return with_retries(get, f"read {uri}")
+        with open(uri, "rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+    def parquet_metadata(self, uri: str, size: int | None = None) -> Any:
+        """A Parquet file's footer (``pyarrow.parquet.FileMetaData``) from two range reads,
+        without fetching its data."""
+        import pyarrow.parquet as pq
+
+        size = self.size(uri) if size is None else size
+        tail = self.read_range(uri, size - 8, 8)
+        if len(tail) != 8 or tail[4:] != b"PAR1":
+            raise ValueError(f"{uri}: not a Parquet file")
+        footer_len = int.from_bytes(tail[:4], "little")
+        footer = self.read_range(uri, size - 8 - footer_len, footer_len)
+        return pq.read_metadata(io.BytesIO(b"PAR1" + footer + tail))
+
     def move(self, src: str, dst: str) -> None:
         """Move one file. Local: atomic rename. S3: copy then delete (the copy is atomic)."""
         src, dst = normalize_uri(src), normalize_uri(dst)
@@ -327,6 +383,149 @@ class Storage:
                 except OSError:
                     pass
         return len(uris)
+
+    # -- compare-and-swap objects (table leases) --------------------------------------------
+    # A "version" is the S3 ETag, or the sha256 of a local file's bytes. Local operations hold an
+    # flock on ``<uri>.lock`` so that read-compare-write is one step for every process on this
+    # host (and on NFS v4, which maps flock to byte-range locks); S3 uses conditional requests
+    # (If-None-Match / If-Match), which the server checks atomically.
+
+    def create_exclusive(self, uri: str, data: bytes) -> str | None:
+        """Write ``data`` to ``uri`` only if nothing is there: its version, or None if taken."""
+        uri = normalize_uri(uri)
+        if is_s3(uri):
+            parsed = urlparse(uri)
+
+            def put() -> str | None:
+                try:
+                    resp = self.s3_client().put_object(
+                        Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfNoneMatch="*"
+                    )
+                except Exception as exc:
+                    if _precondition_failed(exc):
+                        return None
+                    raise
+                return str(resp["ETag"])
+
+            return with_retries(put, f"create {uri}")
+        with _local_lock(uri):
+            if os.path.exists(uri):
+                return None
+            tmp = f"{uri}.tmp-{os.getpid()}-{random.getrandbits(32):08x}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, uri)  # fails if the name exists: an exclusive create with its content
+            except FileExistsError:
+                return None
+            finally:
+                os.remove(tmp)
+            return _digest(data)
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None:
+        """``(bytes, version)`` of ``uri``, or None if it does not exist."""
+        uri = normalize_uri(uri)
+        if is_s3(uri):
+            parsed = urlparse(uri)
+
+            def get() -> tuple[bytes, str] | None:
+                client = self.s3_client()
+                try:
+                    resp = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+                except client.exceptions.NoSuchKey:
+                    return None
+                return resp["Body"].read(), str(resp["ETag"])
+
+            return with_retries(get, f"read {uri}")
+        try:
+            with open(uri, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        return data, _digest(data)
+
+    def replace_if(self, uri: str, data: bytes, version: str) -> str | None:
+        """Overwrite ``uri`` with ``data`` if it is still at ``version``: the new version, or None."""
+        uri = normalize_uri(uri)
+        if is_s3(uri):
+            parsed = urlparse(uri)
+
+            def put() -> str | None:
+                try:
+                    resp = self.s3_client().put_object(
+                        Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfMatch=version
+                    )
+                except Exception as exc:
+                    if _precondition_failed(exc):
+                        return None
+                    raise
+                return str(resp["ETag"])
+
+            return with_retries(put, f"replace {uri}")
+        with _local_lock(uri):
+            current = self.read_versioned(uri)
+            if current is None or current[1] != version:
+                return None
+            self.write_bytes(uri, data)
+            return _digest(data)
+
+    def delete_if(self, uri: str, version: str) -> bool:
+        """Delete ``uri`` if it is still at ``version``; False if it changed or is gone."""
+        uri = normalize_uri(uri)
+        if is_s3(uri):
+            parsed = urlparse(uri)
+
+            def delete() -> bool:
+                try:
+                    self.s3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), IfMatch=version)
+                except Exception as exc:
+                    if _precondition_failed(exc) or _not_found(exc):
+                        return False
+                    raise
+                return True
+
+            return with_retries(delete, f"delete {uri}")
+        with _local_lock(uri):
+            current = self.read_versioned(uri)
+            if current is None or current[1] != version:
+                return False
+            os.remove(uri)
+            return True
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") in {
+        "PreconditionFailed",
+        "ConditionalRequestConflict",
+    } or response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
+
+
+def _not_found(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
+
+
+@contextlib.contextmanager
+def _local_lock(uri: str) -> Iterator[None]:
+    """An exclusive flock on ``<uri>.lock`` (created beside it), released on exit or death."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(uri), exist_ok=True)
+    fd = os.open(f"{uri}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _legacy_s3_filesystem(options: dict[str, Any]) -> Any:

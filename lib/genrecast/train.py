@@ -30,7 +30,7 @@ import numpy as np
 from genrecast import __version__, commit, registry, report
 from genrecast.catalogue import load_labels
 from genrecast.config import Config
-from genrecast.dataset import index_dataset, mels_uri
+from genrecast.dataset import check_mel_metadata, index_dataset, mels_uri
 from genrecast.errors import JobError
 from genrecast.split import TEST, TRAIN, VAL, LabelledTrack, assign_splits, split_counts
 from genrecast.storage import Storage, join
@@ -145,10 +145,11 @@ def _barrier_task(spec_base: dict[str, Any], storage: Storage, model_dir: str) -
     return task
 
 
-def _labelled_tracks(cfg: Config, spark: Any) -> tuple[list[LabelledTrack], str, dict[str, int]]:
-    """Labelled tracks in the dataset (genres in config order), a dataset fingerprint, clip counts."""
+def _labelled_tracks(cfg: Config, spark: Any, files: list[str]) -> tuple[list[LabelledTrack], str, dict[str, int]]:
+    """Labelled tracks in ``files`` of the dataset (genres in config order), a dataset
+    fingerprint, clip counts."""
     storage = Storage.from_config(cfg)
-    rows = index_dataset(spark, cfg)
+    rows = index_dataset(spark, cfg, files)
     if not rows:
         raise JobError(f"no mel dataset at {mels_uri(cfg)}: run genrecast ingest first")
     labels, _ = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
@@ -184,7 +185,11 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     storage = Storage.from_config(cfg)
     workers = workers or cfg.train.workers
     epochs = epochs or cfg.train.epochs
-    tracks, fingerprint, per_genre = _labelled_tracks(cfg, spark)
+    if not commit.table_files(storage, mels_uri(cfg)):
+        raise JobError(f"no mel dataset at {mels_uri(cfg)}: run genrecast ingest first")
+    # One committed version of the dataset, its Petastorm metadata checked before anything reads it.
+    files = check_mel_metadata(storage, cfg)
+    tracks, fingerprint, per_genre = _labelled_tracks(cfg, spark, files)
     genre_of = {t.track_id: t.genre for t in tracks}
     genres = [g for g in cfg.genres if per_genre.get(g)]
     missing = [g for g in cfg.genres if not per_genre.get(g)]
@@ -197,7 +202,6 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     counts = split_counts(assignment)
     log.info("train: %d labelled tracks, %d genres; split by %s: %s", len(tracks), len(genres), split.by, counts)
 
-    files = commit.table_files(storage, mels_uri(cfg))
     train_ids = frozenset(t for t, s in assignment.items() if s == TRAIN)
     stats = (
         spark.sparkContext.parallelize(files, len(files)).map(lambda f: _file_stats(f, storage, train_ids)).collect()
