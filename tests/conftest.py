@@ -6,8 +6,9 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,3 +121,34 @@ def killed_mid_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             yield
     finally:
         monkeypatch.setattr(Storage, "move", real_move)
+
+
+def run_while_staging(first: Callable[[], Any], second: Callable[[], Any], table_uri: str, timeout: float = 300):
+    """Start ``first`` (a job) in a thread; as soon as it has staged a file under
+    ``<table_uri>/_tmp`` (it holds the lease and is writing), start ``second`` in another thread.
+    Returns both outcomes, each a result or the exception raised. Fails if ``first`` ended
+    before it was seen staging (the overlap this helper exists for did not happen)."""
+    import threading
+    import time
+
+    outcomes: dict[str, Any] = {}
+
+    def run(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            outcomes[name] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test as the outcome
+            outcomes[name] = exc
+
+    storage = Storage()
+    a = threading.Thread(target=run, args=("first", first))
+    a.start()
+    deadline = time.monotonic() + timeout
+    while not any(True for _ in storage.list_files(f"{table_uri}/_tmp")):
+        assert a.is_alive(), f"first job ended before it staged anything: {outcomes.get('first')!r}"
+        assert time.monotonic() < deadline, "first job never staged a file"
+        time.sleep(0.02)
+    b = threading.Thread(target=run, args=("second", second))
+    b.start()
+    a.join(timeout)
+    b.join(timeout)
+    return outcomes["first"], outcomes["second"]

@@ -10,10 +10,12 @@ import pytest
 
 from genrecast import commit
 from genrecast.dataset import make_mel_reader, mels_uri, rejects_uri
+from genrecast.errors import ConfigError, JobError
 from genrecast.ingest import run_ingest
+from genrecast.lease import TableBusy
 from genrecast.storage import Storage
 
-from conftest import killed_mid_commit, tone, write_audio, write_config
+from conftest import killed_mid_commit, run_while_staging, tone, write_audio, write_config
 
 LABELS = """track_id,genre,artist
 rock/r1,rock,band-a
@@ -210,3 +212,103 @@ def test_leftovers_of_a_run_killed_before_commit_are_cleaned(tmp_path, spark):
     assert summary.tracks_ok == 4
     assert not Storage().exists(stale)
     assert len(dataset_frame(cfg)) == 8
+
+
+def _twelve_tracks(tmp_path):
+    rows = ["track_id,genre"]
+    for i in range(12):
+        write_audio(tmp_path / "audio" / f"g/t{i:02d}.wav", tone(6, freq=150 + 40 * i))
+        rows.append(f"g/t{i:02d},{'rock' if i % 2 else 'jazz'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return write_config(tmp_path)
+
+
+def _assert_complete(cfg, tracks: int, clips_each: int) -> None:
+    df = dataset_frame(cfg)
+    assert len(df) == tracks * clips_each and not df.duplicated(["track_id", "clip_index"]).any()
+    assert df.genre.notna().all()
+    with make_mel_reader(cfg, num_epochs=1, workers_count=1, schema_fields=["track_id"]) as reader:
+        assert sum(1 for _ in reader) == tracks * clips_each  # metadata matches the files
+
+
+def test_second_ingest_waits_for_the_first_then_finds_nothing_to_do(tmp_path, spark, caplog):
+    cfg = _twelve_tracks(tmp_path)
+    cfg.storage.lease.wait_seconds = 300
+    caplog.set_level("INFO", logger="genrecast.lease")
+    full, incremental = run_while_staging(
+        lambda: run_ingest(cfg, spark, full=True), lambda: run_ingest(cfg, spark), mels_uri(cfg)
+    )
+    assert full.tracks_ok == 12, full
+    assert (incremental.tracks_ok, incremental.skipped_unchanged) == (0, 12), incremental
+    assert any("waiting up to 300s" in r.getMessage() for r in caplog.records)  # they did overlap
+    _assert_complete(cfg, 12, 2)
+
+
+def test_second_ingest_exits_2_naming_the_holder_when_it_will_not_wait(tmp_path, spark):
+    cfg = _twelve_tracks(tmp_path)
+    cfg.storage.lease.wait_seconds = 0
+    full, incremental = run_while_staging(
+        lambda: run_ingest(cfg, spark, full=True), lambda: run_ingest(cfg, spark), mels_uri(cfg)
+    )
+    assert full.tracks_ok == 12, full
+    assert isinstance(incremental, TableBusy) and incremental.exit_code == 2
+    assert f"{mels_uri(cfg)} is being written by run {full.run_id} (ingest on " in str(incremental)
+    _assert_complete(cfg, 12, 2)
+
+
+def test_missing_labels_file_never_erases_labels(tmp_path, spark):
+    cfg = _small_catalogue(tmp_path)
+    run_ingest(cfg, spark)
+    before = dataset_frame(cfg)
+    cfg.catalogue.labels_uri = str(tmp_path / "lables.csv")  # a typo
+    with pytest.raises(ConfigError, match=r"lables.csv is missing, but 4 track\(s\) in the dataset are labelled") as e:
+        run_ingest(cfg, spark)
+    assert e.value.exit_code == 2
+    pd.testing.assert_frame_equal(dataset_frame(cfg), before)
+    (tmp_path / "lables.csv").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ConfigError, match="is unreadable"):
+        run_ingest(cfg, spark)
+    forced = run_ingest(cfg, spark, labels_missing_ok=True)  # the user said so: now unlabelled
+    assert forced.tracks_ok == 4 and dataset_frame(cfg).genre.isna().all()
+
+
+def test_tampered_petastorm_metadata_is_refused_before_unpickling(tmp_path, spark):
+    import hashlib
+    import io
+    import json
+    import pickle
+
+    import pyarrow.parquet as pq
+
+    from genrecast.dataset import METADATA, UNISCHEMA_KEY
+
+    cfg = _small_catalogue(tmp_path)
+    run_ingest(cfg, spark)
+    meta = f"{mels_uri(cfg)}/{METADATA}"
+    original = Storage().read_bytes(meta)
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (eval, (f"__import__('pathlib').Path({str(marker)!r}).touch()",))
+
+    schema = pq.read_metadata(io.BytesIO(original)).schema.to_arrow_schema()
+    buf = io.BytesIO()
+    pq.write_metadata(schema.with_metadata({**schema.metadata, UNISCHEMA_KEY: pickle.dumps(Payload())}), buf)
+    Storage().write_bytes(meta, buf.getvalue())
+    with pytest.raises(JobError, match="not the metadata committed with the data"):
+        make_mel_reader(cfg)
+    # Whoever can also rewrite the recorded hash still cannot run code: the pickle is allowlisted.
+    state_uri = f"{mels_uri(cfg)}/{commit.STATE}"
+    state = json.loads(Storage().read_bytes(state_uri)) | {
+        "metadata_sha256": hashlib.sha256(buf.getvalue()).hexdigest()
+    }
+    Storage().write_bytes(state_uri, json.dumps(state).encode())
+    with pytest.raises(JobError, match="names builtins.eval: refusing"):
+        make_mel_reader(cfg)
+    assert not marker.exists()
+    Storage().write_bytes(meta, original)
+    state["metadata_sha256"] = hashlib.sha256(original).hexdigest()
+    Storage().write_bytes(state_uri, json.dumps(state).encode())
+    with make_mel_reader(cfg, num_epochs=1, workers_count=1, schema_fields=["track_id"]) as reader:
+        assert sum(1 for _ in reader) == 8

@@ -29,7 +29,7 @@ from genrecast.recommend import (
 from genrecast.storage import Storage, join
 from genrecast.train import run_train
 
-from conftest import synthetic_track, write_audio, write_config
+from conftest import run_while_staging, synthetic_track, write_audio, write_config
 
 DIM = 128
 
@@ -260,7 +260,6 @@ def test_missing_scores_is_a_clear_error(tmp_path, spark):
 # -- cold start with a real (tiny) model -------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, spark):
     """Ingest 3 x 5 generated tracks, train one epoch on one worker, score the catalogue."""
@@ -306,3 +305,20 @@ def test_recommend_compares_with_the_mfcc_baseline(tiny_model, spark):
     for key in ("embedding", "mfcc_baseline"):
         assert 0 <= quality[key]["all"]["plain"] <= 1 and quality[key]["all"]["queries"] == len(ids)
     assert any("MFCC baseline" in line for line in summary.lines())
+
+
+def test_two_recommends_at_once_leave_one_complete_table(tmp_path, spark):
+    cfg = write_config(tmp_path, f"genres: [{', '.join(GENRES)}]\nrecommend: {{baseline: false}}\n")
+    ids = [f"{g}/t{i:03d}" for g in GENRES for i in range(30)]
+    publish_model(cfg, "m2", GENRES)
+    write_scores(cfg, "m2", ids, clusters(len(GENRES), 30, noise=0.05), [f"sha-{t}" for t in ids], list(GENRES) * 30)
+    cfg.storage.lease.wait_seconds = 300
+    first, second = run_while_staging(
+        lambda: run_recommend(cfg, spark, model="m2", k=4, method="exact"),
+        lambda: run_recommend(cfg, spark, model="m2", k=4, method="exact"),
+        neighbours_uri(cfg, "m2"),
+    )
+    assert first.rows == second.rows == len(ids) * 4, (first, second)
+    rows = read_table(cfg, "m2")
+    assert len(rows) == len(ids) * 4 and len({(r["track_id"], r["rank"]) for r in rows}) == len(rows)
+    assert all(second.run_id in f for f in commit.table_files(Storage(), neighbours_uri(cfg, "m2")))

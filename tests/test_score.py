@@ -15,16 +15,16 @@ from genrecast.classify import classify_files, exit_code, format_jsonl, format_t
 from genrecast.dataset import rejects_uri, scores_uri
 from genrecast.errors import ConfigError
 from genrecast.ingest import run_ingest
+from genrecast.lease import TableBusy
 from genrecast.score import SCORE_COLUMNS, aggregate_clips, run_score
 from genrecast.storage import Storage
 from genrecast.train import run_train
 
-from conftest import killed_mid_commit, synthetic_track, write_audio, write_config
+from conftest import killed_mid_commit, run_while_staging, synthetic_track, write_audio, write_config
 
 GENRES = ["low", "high", "noise"]
 PER_GENRE = 6
 N_TRACKS = len(GENRES) * PER_GENRE
-
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,21 @@ def test_model_with_other_audio_settings_is_refused(scored, spark):
         run_score(cfg, spark, "weekly")
     with pytest.raises(ConfigError, match="model 'nope' not found"):
         classify_files(cfg, ["x.wav"], model="nope")
+
+
+@pytest.mark.parametrize("wait", [300, 0])
+def test_backfill_and_nightly_at_once_lose_and_duplicate_nothing(trained, tmp_path, spark, wait):
+    cfg, model_id = fresh(trained, tmp_path)
+    cfg.storage.lease.wait_seconds = wait
+    backfill, nightly = run_while_staging(
+        lambda: run_score(cfg, spark, "backfill"), lambda: run_score(cfg, spark, "nightly"), scores_uri(cfg, model_id)
+    )
+    assert backfill.scored == N_TRACKS, backfill
+    if wait:
+        assert (nightly.scored, nightly.skipped_unchanged) == (0, N_TRACKS), nightly
+    else:
+        assert isinstance(nightly, TableBusy) and nightly.exit_code == 2
+        assert f"being written by run {backfill.run_id} (score backfill on " in str(nightly)
+    df = scores(cfg, model_id)
+    assert len(df) == N_TRACKS and df.track_id.is_unique
+    assert len(score_rejects(cfg)) == 1
