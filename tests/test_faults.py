@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from botocore.exceptions import ConnectionClosedError
 
 from genrecast import commit, registry
 from genrecast.config import load_config
@@ -126,7 +127,7 @@ def _outputs(cfg, direct: Storage) -> dict[str, list[tuple]]:
     }
 
 
-def test_ingest_and_score_through_a_faulty_network_match_a_clean_run(setup, spark, caplog):
+def test_ingest_and_score_through_a_faulty_network_match_a_clean_run(setup, spark):
     clean, faulty, proxy = setup
     direct = Storage.from_config(clean)
 
@@ -178,3 +179,17 @@ def test_retry_log_lines_name_the_error_type_and_uri_only(setup, caplog):
     assert "retrying" in caplog.text
     for secret in (CREDENTIALS["AWS_SECRET_ACCESS_KEY"], CREDENTIALS["AWS_ACCESS_KEY_ID"], str(proxy.port)):
         assert secret not in caplog.text
+
+
+def test_a_store_that_stays_down_fails_the_job_after_the_bound(setup, spark, tmp_path):
+    """Every connection reset: the first storage call gives up after ``retry_attempts`` tries
+    with the error's type, and the job has written nothing."""
+    clean, _faulty, _proxy = setup
+    direct = Storage.from_config(clean)
+    with FaultProxy(S3_PORT, every=1, modes=("reset",)) as down:
+        cfg = _config(tmp_path, "down", down.endpoint_url)
+        cfg.storage.s3.retry_attempts = 3
+        with pytest.raises(ConnectionClosedError):
+            run_ingest(cfg, spark)
+    assert down.connections == {"boto3": 3} and len(down.faults) == 3
+    assert list(direct.list_files(f"s3://{BUCKET}/down")) == []

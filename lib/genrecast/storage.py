@@ -7,6 +7,7 @@ module never accepts, logs or writes a credential. Transient errors are retried 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -123,6 +124,7 @@ TRANSIENT_CODES = frozenset(
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
+@functools.cache
 def _transient_classes() -> tuple[type[BaseException], ...]:
     """Exception classes a reset, stalled or truncated connection raises, through boto3
     (botocore, urllib3, http.client) or s3fs (aiobotocore, aiohttp)."""
@@ -153,6 +155,7 @@ def _transient_classes() -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
+@functools.cache
 def _permanent_classes() -> tuple[type[BaseException], ...]:
     """Checked first: subclasses of the transient ones that repeating cannot fix."""
     import ssl
