@@ -11,6 +11,8 @@ the modes taking turns:
   and the client gets a TCP RST (SO_LINGER 0, then close): a reset mid-response.
 - ``stall``: the request reaches the server (so retried writes really repeat), the answer is
   withheld until the client gives up (its read timeout) or ``stall_s`` passes.
+- ``slowdown``: the request never reaches the server; the proxy answers ``503 SlowDown``, as
+  S3 does when it throttles, and closes the connection.
 
 Bounded: a connection's loop ends when either side closes, when its fault is done, or when the
 proxy stops; :meth:`stop` closes everything and joins the threads. ``faults`` records each
@@ -27,7 +29,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-MODES = ("reset", "stall")
+MODES = ("reset", "stall", "slowdown")
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 CHUNK = 64 * 1024
 POLL_S = 0.1
 
@@ -134,6 +140,15 @@ class FaultProxy:
                     with contextlib.suppress(OSError):
                         sock.close()
 
+    @staticmethod
+    def _slow_down(client: socket.socket, head_only: bool) -> None:
+        head = (
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(SLOWDOWN_BODY)}\r\nConnection: close\r\n\r\n"
+        )
+        client.sendall(head.encode() + (b"" if head_only else SLOWDOWN_BODY))
+        client.shutdown(socket.SHUT_WR)
+
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         mode: str | None = None
         decided = False
@@ -153,6 +168,10 @@ class FaultProxy:
                 if not decided:
                     mode, kind, request = self._decide(data)
                     decided = True
+                    if mode == "slowdown":
+                        self._slow_down(client, head_only=request.startswith("HEAD "))
+                        self._record("slowdown", kind, request)
+                        return
                 upstream.sendall(data)
             if upstream in readable:
                 data = upstream.recv(CHUNK)

@@ -1,11 +1,11 @@
-"""Fault injection: ingest -> score against SeaweedFS through a proxy that resets or stalls every
-Nth connection (tests/faultproxy.py) gives the same tables as the same run without it.
+"""Fault injection: ingest -> score against SeaweedFS through a proxy that resets, stalls or
+throttles (503 SlowDown) every Nth connection (tests/faultproxy.py) gives the same tables as the
+same run without it.
 
 Every S3 call of the run goes through the proxy: the driver's boto3 client, the executors' (they
 get the config, so the proxy's endpoint), and s3fs inside petastorm's metadata step. The client
 read timeout is 1 s here, so a stalled answer costs about a second.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.s3
 BUCKET = "genrecast-faults"
 GENRES = ["low", "high", "noise"]
 MODEL_ID = "20260101T000000Z-faults"
-EVERY = 4  # every 4th connection of each client library is broken, resets and stalls in turn
+EVERY = 3  # every 3rd connection of each client library is broken: reset, stall, 503 SlowDown in turn
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +145,9 @@ def test_ingest_and_score_through_a_faulty_network_match_a_clean_run(setup, spar
     print(f"\nwall s (clean ingest, score, faulty ingest, score): {walls}")
     print(f"\nproxy: connections {proxy.connections}, faults {len(proxy.faults)}:")
     for f in proxy.faults:
-        print(f"  {f.mode:5} {f.kind:11} {f.request}")
-    assert {("reset", "boto3"), ("stall", "boto3"), ("reset", "aiobotocore")} <= kinds, kinds
+        print(f"  {f.mode:8} {f.kind:11} {f.request}")
+    assert {("reset", "boto3"), ("stall", "boto3"), ("slowdown", "boto3")} <= kinds, kinds
+    assert {("reset", "aiobotocore"), ("stall", "aiobotocore")} <= kinds, kinds
     # ... including requests only executors make (audio fetches, staged part files).
     assert any("/catalogue/audio/" in f.request or "/_tmp/" in f.request for f in proxy.faults)
 

@@ -230,6 +230,7 @@ def test_retry_warning_names_type_and_target_only(monkeypatch, caplog):
     st.with_retries(flaky, "read s3://b/k")
     assert "read s3://b/k: EndpointConnectionError (attempt 1/5), retrying in" in caplog.text
     assert "s3cret" not in caplog.text and "10.0.0.1" not in caplog.text
+    assert st._describe(_client_error(503, "SlowDown")) == "ClientError SlowDown 503"
 
 
 def test_s3_clients_take_the_configured_bound_and_timeouts(tmp_path):

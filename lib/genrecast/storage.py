@@ -190,12 +190,23 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (*_transient_classes(), OSError))
 
 
+def _describe(exc: BaseException) -> str:
+    """The error's type, and for an S3 answer its code and HTTP status (``ClientError SlowDown
+    503``): never its message, which may quote request details."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        code = str(response["Error"].get("Code", ""))[:64]
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        return f"{type(exc).__name__} {code} {status}".rstrip()
+    return type(exc).__name__
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
     """Call ``fn`` up to ``attempts`` times in all; after a transient storage error wait
     (exponential backoff with jitter, capped at RETRY_MAX_SECONDS) and call it again.
 
     ``what`` names the operation and URI for the log line, which shows the exception's type
-    only: its message may quote request details, never worth a credential leak.
+    (and an S3 error code) only: its message may quote request details, never worth a leak.
     """
     for attempt in range(1, attempts + 1):
         try:
@@ -204,7 +215,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS)
             if attempt >= attempts or not _is_transient(exc):
                 raise
             delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)) * (1 + random.random())
-            log.warning("%s: %s (attempt %d/%d), retrying in %.1fs", what, type(exc).__name__, attempt, attempts, delay)
+            log.warning("%s: %s (attempt %d/%d), retrying in %.1fs", what, _describe(exc), attempt, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
