@@ -119,8 +119,9 @@ class FaultProxy:
             n = self.connections[kind] = self.connections.get(kind, 0) + 1
             if n % self.every:
                 return None, kind, lines[0]
-            faults_of_kind = sum(f.kind == kind for f in self.faults)
-            return self.modes[faults_of_kind % len(self.modes)], kind, lines[0]
+            # The k-th broken connection of a kind gets modes[k % len(modes)]: fixed by the
+            # count, not by which earlier faults have finished.
+            return self.modes[(n // self.every - 1) % len(self.modes)], kind, lines[0]
 
     def _record(self, mode: str, kind: str, request: str) -> None:
         with self._lock:
