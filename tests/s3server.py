@@ -27,6 +27,18 @@ def _weed() -> str:
     return path
 
 
+def _free_port_pair() -> int:
+    """A loopback port P with P and P + 10000 free (SeaweedFS puts each gRPC port 10000 above its
+    HTTP port), so that servers of parallel test runs never collide."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 < 65536 and not _port_open(port) and not _port_open(port + 10000):
+            return port
+    raise RuntimeError("no free loopback port pair for SeaweedFS")
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -34,14 +46,18 @@ def _port_open(port: int) -> bool:
 
 
 class SeaweedS3:
-    def __init__(self, data_dir: Path):
+    """``SeaweedS3(folder).start()``: S3 on a free loopback port (``s3_port=S3_PORT`` for the one
+    conf/s3-local.yaml names); its master, volume, filer and admin servers get free ports too."""
+
+    def __init__(self, data_dir: Path, s3_port: int | None = None):
         self.data_dir = data_dir
-        self.endpoint_url = f"http://127.0.0.1:{S3_PORT}"
+        self.port = s3_port or _free_port_pair()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> SeaweedS3:
-        if _port_open(S3_PORT):
-            raise RuntimeError(f"port {S3_PORT} is already taken on 127.0.0.1; stop the other S3 server")
+        if _port_open(self.port):
+            raise RuntimeError(f"port {self.port} is already taken on 127.0.0.1; stop the other S3 server")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "weed.log", "wb")
         self.proc = subprocess.Popen(
@@ -52,7 +68,8 @@ class SeaweedS3:
                 f"-dir={self.data_dir}",
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
-                f"-s3.port={S3_PORT}",
+                f"-s3.port={self.port}",
+                *(f"-{name}.port={_free_port_pair()}" for name in ("master", "volume", "filer", "admin")),
                 "-master.telemetry=false",
             ],
             stdout=log,
@@ -64,7 +81,7 @@ class SeaweedS3:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}: see {self.data_dir / 'weed.log'}")
-            if _port_open(S3_PORT) and self._ready():
+            if _port_open(self.port) and self._ready():
                 return self
             time.sleep(0.3)
         self.stop()

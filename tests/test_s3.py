@@ -13,7 +13,7 @@ from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 
 from conftest import REPO, tone, write_audio
-from s3server import CREDENTIALS, SeaweedS3
+from s3server import CREDENTIALS, S3_PORT, SeaweedS3
 
 pytestmark = pytest.mark.s3
 BUCKET = "genrecast-local"  # conf/s3-local.yaml's
@@ -24,7 +24,7 @@ def s3(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for key, value in CREDENTIALS.items():  # the AWS chain's environment source, as in production
         mp.setenv(key, value)
-    server = SeaweedS3(tmp_path_factory.mktemp("weed")).start()
+    server = SeaweedS3(tmp_path_factory.mktemp("weed"), s3_port=S3_PORT).start()
     server.client().create_bucket(Bucket=BUCKET)
     yield server
     server.stop()

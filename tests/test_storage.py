@@ -112,3 +112,166 @@ def test_storage_pickles_without_clients():
     s.s3_client()
     clone = pickle.loads(pickle.dumps(s))
     assert clone.endpoint_url == s.endpoint_url and clone._clients == {}
+
+
+def _client_error(status: int, code: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+def _transient_errors() -> list[Exception]:
+    """Real instances of what a reset, stalled, truncated or overloaded S3 answer raises."""
+    import http.client
+
+    import aiohttp
+    import urllib3.exceptions as u3
+    from botocore import exceptions as be
+    from botocore.parsers import ResponseParserError
+
+    url = "http://127.0.0.1:1/b/k"
+    return [
+        be.ConnectionClosedError(endpoint_url=url),
+        be.ResponseStreamingError(error=u3.ProtocolError("Connection broken: IncompleteRead")),
+        be.IncompleteReadError(actual_bytes=10, expected_bytes=20),
+        be.ReadTimeoutError(endpoint_url=url),
+        be.ConnectTimeoutError(endpoint_url=url),
+        be.EndpointConnectionError(endpoint_url=url),
+        ResponseParserError("Unable to parse response"),
+        u3.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+        u3.ReadTimeoutError(None, "/b/k", "Read timed out."),
+        u3.IncompleteRead(10, 20),
+        http.client.IncompleteRead(b"partial"),
+        http.client.RemoteDisconnected("Remote end closed connection without response"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        aiohttp.ServerDisconnectedError(),
+        _client_error(500, "InternalError"),
+        _client_error(502, "BadGateway"),
+        _client_error(503, "SlowDown"),
+        _client_error(503, "ServiceUnavailable"),
+        _client_error(504, "GatewayTimeout"),
+        _client_error(429, "TooManyRequests"),
+        _client_error(400, "RequestTimeout"),
+        _client_error(400, "Throttling"),
+        _client_error(400, "ThrottlingException"),
+    ]
+
+
+def _permanent_errors() -> list[Exception]:
+    import ssl
+
+    from botocore import exceptions as be
+
+    return [
+        _client_error(403, "AccessDenied"),
+        _client_error(404, "NoSuchKey"),
+        _client_error(404, "NoSuchBucket"),
+        _client_error(400, "InvalidArgument"),
+        _client_error(301, "PermanentRedirect"),
+        be.NoCredentialsError(),
+        be.ParamValidationError(report="Invalid bucket name"),
+        be.SSLError(endpoint_url="https://x", error=ssl.SSLCertVerificationError("certificate verify failed")),
+        FileNotFoundError("gone"),
+        PermissionError("no"),
+        ValueError("bug"),
+        KeyError("bug"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "exc", _transient_errors(), ids=lambda e: f"{type(e).__name__}-{getattr(e, 'response', '')}"[:60]
+)
+def test_each_transient_error_is_retried(exc, monkeypatch):
+    monkeypatch.setattr(st, "RETRY_BASE_SECONDS", 0.001)
+    assert st._is_transient(exc)
+    calls = []
+
+    def once_broken():
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc
+        return "ok"
+
+    assert st.with_retries(once_broken, "test") == "ok"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "exc", _permanent_errors(), ids=lambda e: f"{type(e).__name__}-{getattr(e, 'response', '')}"[:60]
+)
+def test_each_permanent_error_fails_at_once(exc):
+    assert not st._is_transient(exc)
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise exc
+
+    with pytest.raises(type(exc)):
+        st.with_retries(broken, "test")
+    assert len(calls) == 1
+
+
+def test_retry_warning_names_type_and_target_only(monkeypatch, caplog):
+    from botocore.exceptions import EndpointConnectionError
+
+    monkeypatch.setattr(st, "RETRY_BASE_SECONDS", 0.001)
+    secret_url = "http://user:s3cret@10.0.0.1:9000/b/k"  # what an exception message may quote
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 2:
+            raise EndpointConnectionError(endpoint_url=secret_url)
+        return 1
+
+    st.with_retries(flaky, "read s3://b/k")
+    assert "read s3://b/k: EndpointConnectionError (attempt 1/5), retrying in" in caplog.text
+    assert "s3cret" not in caplog.text and "10.0.0.1" not in caplog.text
+    assert st._describe(_client_error(503, "SlowDown")) == "ClientError SlowDown 503"
+
+
+def test_s3_clients_take_the_configured_bound_and_timeouts(tmp_path):
+    from conftest import write_config
+
+    cfg = write_config(
+        tmp_path,
+        "storage: {s3: {endpoint_url: 'http://127.0.0.1:1', retry_attempts: 3, read_timeout_s: 2.5, "
+        "connect_timeout_s: 0.5}}\n",
+    )
+    s = Storage.from_config(cfg)
+    assert (s.retry_attempts, s.read_timeout_s, s.connect_timeout_s) == (3, 2.5, 0.5)
+    config = s.s3_client().meta.config
+    # botocore's own loop off: one attempt each, ours the only retries.
+    assert config.retries["total_max_attempts"] == 1
+    assert (config.read_timeout, config.connect_timeout) == (2.5, 0.5)
+    fs = s.petastorm_filesystem_factory("s3://b/d")().fs
+    assert fs.retries == 3
+    assert fs.config_kwargs["retries"] == {"total_max_attempts": 1, "mode": "standard"}
+    assert fs.config_kwargs["read_timeout"] == 2.5
+    clone = __import__("pickle").loads(__import__("pickle").dumps(s))
+    assert (clone.retry_attempts, clone.read_timeout_s, clone.connect_timeout_s) == (3, 2.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("exc", "calls_expected"), [(_client_error(503, "ServiceUnavailable"), 3), (_client_error(403, "AccessDenied"), 1)]
+)
+def test_s3fs_loop_uses_our_classification(exc, calls_expected):
+    """s3fs (petastorm's and pandas' S3 client) retries a 503 it would not retry by itself, and
+    still not a 403: its loop asks :func:`storage._is_transient`."""
+    import asyncio
+
+    import s3fs.core
+
+    Storage(endpoint_url="http://127.0.0.1:1").storage_options("s3://b/k")  # installs the policy
+    calls = []
+
+    async def call():
+        calls.append(1)
+        raise exc
+
+    with pytest.raises(OSError):  # s3fs translates what it finally raises
+        asyncio.run(s3fs.core._error_wrapper(call, retries=3))
+    assert len(calls) == calls_expected

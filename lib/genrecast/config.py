@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from genrecast.errors import ConfigError
+from genrecast.storage import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRY_ATTEMPTS
 
 ENV_PREFIX = "GENRECAST__"
 DEFAULT_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
@@ -33,6 +34,11 @@ class SparkConf(_Section):
 class S3Conf(_Section):
     endpoint_url: str | None = None
     region: str | None = None
+    # Transient faults (resets, timeouts, 5xx, throttling) are retried this many times in all
+    # per storage call, with exponential backoff; then the call fails (genrecast.storage).
+    retry_attempts: int = Field(RETRY_ATTEMPTS, ge=1, le=20)
+    connect_timeout_s: float = Field(CONNECT_TIMEOUT_S, gt=0)
+    read_timeout_s: float = Field(READ_TIMEOUT_S, gt=0)  # a stalled answer is abandoned and retried
 
 
 def _uri(value: str | None) -> str | None:

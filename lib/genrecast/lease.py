@@ -119,6 +119,9 @@ class TableLease:
                 continue  # released between our two calls
             data, theirs_version = current
             theirs = Holder.parse(data)
+            if theirs and (theirs.run_id, theirs.host, theirs.pid) == (mine.run_id, mine.host, mine.pid):
+                mine, version = theirs, theirs_version  # our own write, retried after its answer was lost
+                break
             if theirs is None or theirs.expires < time.time():
                 version = self.storage.replace_if(self.uri, mine.encode(), theirs_version)
                 if version is None:
@@ -172,6 +175,10 @@ class TableLease:
             return
         fresh = self._new_holder(since=holder.since)
         new_version = self.storage.replace_if(self.uri, fresh.encode(), version)
+        if new_version is None:  # our own write, retried after its answer was lost, is not a loss
+            current = self.storage.read_versioned(self.uri)
+            if current is not None and current[0] == fresh.encode():
+                new_version = current[1]
         with self._lock:
             if new_version is None:
                 self._lost = "another run replaced it"

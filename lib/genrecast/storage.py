@@ -8,6 +8,7 @@ module never accepts, logs or writes a credential. Transient errors are retried 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -23,8 +24,14 @@ from genrecast.errors import InvalidIdentifier
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# One retry policy for every S3 path (boto3 calls here, s3fs inside petastorm / pandas):
+# attempts per operation in all, first backoff, backoff cap; timeouts per request. The config's
+# storage.s3.{retry_attempts, connect_timeout_s, read_timeout_s} default to these.
 RETRY_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 0.2
+RETRY_MAX_SECONDS = 10.0
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
 
 
 def is_s3(uri: str) -> bool:
@@ -94,31 +101,122 @@ def petastorm_url(uri: str) -> str:
     return uri if is_s3(uri) else "file://" + uri
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
+# Error codes S3 (and S3-compatible stores) answer when the request may succeed if repeated:
+# server-side trouble, throttling, a request the server gave up reading. Anything else that the
+# server answered (403 AccessDenied, 404 NoSuchKey / NoSuchBucket, 400) is permanent.
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+    }
+)
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+@functools.cache
+def _transient_classes() -> tuple[type[BaseException], ...]:
+    """Exception classes a reset, stalled or truncated connection raises, through boto3
+    (botocore, urllib3, http.client) or s3fs (aiobotocore, aiohttp)."""
+    import http.client
+
+    import urllib3.exceptions as u3
+    from botocore import exceptions as be
+    from botocore.parsers import ResponseParserError
+
+    classes: list[type[BaseException]] = [
+        ConnectionError,  # builtins: reset, refused, aborted, broken pipe (OSError subclasses)
+        TimeoutError,  # builtins; also asyncio's and fsspec's FSTimeoutError
+        be.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError
+        be.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+        be.IncompleteReadError,  # body shorter than its Content-Length
+        ResponseParserError,  # a truncated or garbled answer (stores that throttle with bad XML)
+        u3.ProtocolError,  # urllib3: connection broken mid-response
+        u3.TimeoutError,  # urllib3: read / connect timeouts, NewConnectionError
+        u3.IncompleteRead,
+        http.client.IncompleteRead,
+    ]
     try:
-        from botocore.exceptions import ClientError, ReadTimeoutError
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-    except ImportError:  # pragma: no cover - botocore is a hard dependency
-        ClientError = BotoConnectionError = ReadTimeoutError = ()  # type: ignore[assignment,misc]
+        import aiohttp
+
+        classes += [aiohttp.ClientPayloadError, aiohttp.ClientConnectionError]
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        pass
+    return tuple(classes)
+
+
+@functools.cache
+def _permanent_classes() -> tuple[type[BaseException], ...]:
+    """Checked first: subclasses of the transient ones that repeating cannot fix."""
+    import ssl
+
+    from botocore.exceptions import SSLError
+
+    # A certificate the client refuses stays refused; a missing key or bucket stays missing.
+    return (
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+        SSLError,
+        ssl.SSLCertVerificationError,
+    )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True when repeating the storage call may succeed: connection reset or closed, connect
+    or read timeout, a truncated body, HTTP 429/500/502/503/504, throttling (SlowDown...),
+    RequestTimeout. False for everything else (403, 404, NoSuchBucket, bad parameters, bugs)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, _permanent_classes()):
+        return False
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or status == 429 or code in {"SlowDown", "Throttling", "RequestTimeout"}
-    return isinstance(exc, (ConnectionError, TimeoutError, BotoConnectionError, ReadTimeoutError, OSError))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status in TRANSIENT_STATUS or code in TRANSIENT_CODES
+    # Other OSErrors (disk full, a socket error botocore did not wrap) are worth one more try;
+    # the attempts are bounded either way.
+    return isinstance(exc, (*_transient_classes(), OSError))
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's type, and for an S3 answer its code and HTTP status (``ClientError SlowDown
+    503``): never its message, which may quote request details."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        code = str(response["Error"].get("Code", ""))[:64]
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        return f"{type(exc).__name__} {code} {status}".rstrip()
+    return type(exc).__name__
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
-    """Call ``fn``; on a transient storage error wait (exponential backoff + jitter) and retry."""
+    """Call ``fn`` up to ``attempts`` times in all; after a transient storage error wait
+    (exponential backoff with jitter, capped at RETRY_MAX_SECONDS) and call it again.
+
+    ``what`` names the operation and URI for the log line, which shows the exception's type
+    (and an S3 error code) only: its message may quote request details, never worth a leak.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts or not _is_transient(exc):
+            if attempt >= attempts or not _is_transient(exc):
                 raise
-            delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1) * (1 + random.random())
-            log.warning("%s: %s (attempt %d/%d), retrying in %.1fs", what, type(exc).__name__, attempt, attempts, delay)
+            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)) * (1 + random.random())
+            log.warning("%s: %s (attempt %d/%d), retrying in %.1fs", what, _describe(exc), attempt, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -129,17 +227,49 @@ class Storage:
 
     endpoint_url: str | None = None
     region: str | None = None
+    retry_attempts: int = RETRY_ATTEMPTS  # per operation, in all
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S  # longest wait for the next bytes of an answer
     _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _STATE = ("endpoint_url", "region", "retry_attempts", "connect_timeout_s", "read_timeout_s")
 
     @classmethod
     def from_config(cls, cfg: Any) -> Storage:
-        return cls(endpoint_url=cfg.storage.s3.endpoint_url, region=cfg.storage.s3.region)
+        s3 = cfg.storage.s3
+        return cls(
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            retry_attempts=s3.retry_attempts,
+            connect_timeout_s=s3.connect_timeout_s,
+            read_timeout_s=s3.read_timeout_s,
+        )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"endpoint_url": self.endpoint_url, "region": self.region}
+        return {k: getattr(self, k) for k in self._STATE}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.endpoint_url, self.region, self._clients = state["endpoint_url"], state["region"], {}
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        self._clients = {}
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return with_retries(fn, what, self.retry_attempts)
+
+    def _botocore_config(self) -> dict[str, Any]:
+        """botocore ``Config`` arguments, for boto3 here and aiobotocore inside s3fs.
+
+        botocore's own retries stay off: ours (:func:`with_retries`, and s3fs's loop given the
+        same classifier and bound) are the only ones. botocore's would nest inside them (5 x 5
+        attempts), and would not cover an answer whose body breaks off while it is read, which
+        happens after botocore has returned. ``total_max_attempts`` 1 is one attempt; botocore's
+        ``max_attempts`` counts retries (``max_attempts: 1`` is two attempts).
+        """
+        return {
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
+            "connect_timeout": self.connect_timeout_s,
+            "read_timeout": self.read_timeout_s,
+        }
 
     # -- clients -------------------------------------------------------------------------
     def s3_client(self) -> Any:
@@ -151,8 +281,7 @@ class Storage:
                 "s3",
                 endpoint_url=self.endpoint_url,
                 region_name=self.region,
-                # One retry policy, ours (with_retries), rather than two nested ones.
-                config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=60),
+                config=BotoConfig(**self._botocore_config()),
             )
         return self._clients["boto3"]
 
@@ -168,19 +297,31 @@ class Storage:
         if not is_s3(uri):
             return None
         options = self.storage_options(uri)
+        attempts = self.retry_attempts
 
         def factory() -> Any:
-            return _legacy_s3_filesystem(options)
+            return _legacy_s3_filesystem(options, attempts)
 
         return factory
 
     def storage_options(self, uri: str) -> dict[str, Any]:
-        """fsspec ``storage_options`` for libraries (petastorm, pandas) that open URIs themselves."""
+        """fsspec ``storage_options`` for libraries (petastorm, pandas) that open URIs themselves.
+
+        s3fs retries in its own loop (``S3FileSystem.retries`` attempts, 5 by default, which is
+        also RETRY_ATTEMPTS; :meth:`petastorm_filesystem_factory` sets it to ours): this installs
+        our classification of transient errors into that loop, and the same timeouts.
+        """
         if not is_s3(uri):
             return {}
+        install_s3fs_retry_policy()
         client_kwargs = {k: v for k, v in {"endpoint_url": self.endpoint_url, "region_name": self.region}.items() if v}
         # Fresh listings every time: tables change under a long-lived process (commits, re-runs).
-        return {"client_kwargs": client_kwargs, "skip_instance_cache": True, "use_listings_cache": False}
+        return {
+            "client_kwargs": client_kwargs,
+            "config_kwargs": self._botocore_config(),
+            "skip_instance_cache": True,
+            "use_listings_cache": False,
+        }
 
     # -- operations ----------------------------------------------------------------------
     def list_files(self, prefix: str) -> Iterator[tuple[str, int]]:
@@ -201,7 +342,7 @@ class Storage:
                     "Prefix": key_prefix,
                     **({"ContinuationToken": token} if token else {}),
                 }
-                page = with_retries(lambda kw=kwargs: self.s3_client().list_objects_v2(**kw), f"list {prefix}")
+                page = self._retry(lambda kw=kwargs: self.s3_client().list_objects_v2(**kw), f"list {prefix}")
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
                         yield f"s3://{parsed.netloc}/{obj['Key']}", int(obj["Size"])
@@ -235,7 +376,7 @@ class Storage:
                     return False
                 raise
 
-        return with_retries(head, f"exists {uri}")
+        return self._retry(head, f"exists {uri}")
 
     def read_bytes(self, uri: str) -> bytes:
         uri = normalize_uri(uri)
@@ -249,7 +390,7 @@ class Storage:
                 except client.exceptions.NoSuchKey:
                     raise FileNotFoundError(uri) from None
 
-            return with_retries(get, f"read {uri}")
+            return self._retry(get, f"read {uri}")
         with open(uri, "rb") as fh:
             return fh.read()
 
@@ -258,7 +399,7 @@ class Storage:
         uri = normalize_uri(uri)
         if is_s3(uri):
             parsed = urlparse(uri)
-            with_retries(
+            self._retry(
                 lambda: self.s3_client().put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data),
                 f"write {uri}",
             )
@@ -303,7 +444,7 @@ class Storage:
                     raise FileNotFoundError(uri) from None
                 raise
 
-        return with_retries(head, f"size {uri}")
+        return self._retry(head, f"size {uri}")
 
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         """``length`` bytes from offset ``start`` (S3: one ranged GET)."""
@@ -321,7 +462,7 @@ class Storage:
                     raise FileNotFoundError(uri) from None
                 return resp["Body"].read()
 
-            return with_retries(get, f"read {uri}")
+            return self._retry(get, f"read {uri}")
         with open(uri, "rb") as fh:
             fh.seek(start)
             return fh.read(length)
@@ -345,13 +486,13 @@ class Storage:
         if is_s3(src):
             s, d = urlparse(src), urlparse(dst)
             client = self.s3_client()
-            with_retries(
+            self._retry(
                 lambda: client.copy_object(
                     Bucket=d.netloc, Key=d.path.lstrip("/"), CopySource={"Bucket": s.netloc, "Key": s.path.lstrip("/")}
                 ),
                 f"copy {src}",
             )
-            with_retries(lambda: client.delete_object(Bucket=s.netloc, Key=s.path.lstrip("/")), f"delete {src}")
+            self._retry(lambda: client.delete_object(Bucket=s.netloc, Key=s.path.lstrip("/")), f"delete {src}")
             return
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         os.replace(src, dst)
@@ -361,7 +502,7 @@ class Storage:
         uri = normalize_uri(uri)
         if is_s3(uri):
             parsed = urlparse(uri)
-            with_retries(
+            self._retry(
                 lambda: self.s3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/")),
                 f"delete {uri}",
             )
@@ -407,7 +548,7 @@ class Storage:
                     raise
                 return str(resp["ETag"])
 
-            return with_retries(put, f"create {uri}")
+            return self._retry(put, f"create {uri}")
         with _local_lock(uri):
             if os.path.exists(uri):
                 return None
@@ -438,7 +579,7 @@ class Storage:
                     return None
                 return resp["Body"].read(), str(resp["ETag"])
 
-            return with_retries(get, f"read {uri}")
+            return self._retry(get, f"read {uri}")
         try:
             with open(uri, "rb") as fh:
                 data = fh.read()
@@ -463,7 +604,7 @@ class Storage:
                     raise
                 return str(resp["ETag"])
 
-            return with_retries(put, f"replace {uri}")
+            return self._retry(put, f"replace {uri}")
         with _local_lock(uri):
             current = self.read_versioned(uri)
             if current is None or current[1] != version:
@@ -486,7 +627,7 @@ class Storage:
                     raise
                 return True
 
-            return with_retries(delete, f"delete {uri}")
+            return self._retry(delete, f"delete {uri}")
         with _local_lock(uri):
             current = self.read_versioned(uri)
             if current is None or current[1] != version:
@@ -528,7 +669,16 @@ def _local_lock(uri: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _legacy_s3_filesystem(options: dict[str, Any]) -> Any:
+def install_s3fs_retry_policy() -> None:
+    """Make s3fs retry exactly what :func:`_is_transient` calls transient. s3fs already repeats
+    resets, timeouts and truncated bodies, but not 500/502/503/504, 429 or a refused or timed-out
+    connect, and it asks this process-wide hook about the rest (permanent errors: no)."""
+    import s3fs.core
+
+    s3fs.core.set_custom_error_handler(_is_transient)
+
+
+def _legacy_s3_filesystem(options: dict[str, Any], attempts: int = RETRY_ATTEMPTS) -> Any:
     """An s3fs client behind pyarrow's legacy ``FileSystem`` interface (see
     :meth:`Storage.petastorm_filesystem_factory`)."""
     import warnings
@@ -549,4 +699,7 @@ def _legacy_s3_filesystem(options: dict[str, Any]) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return LegacyS3FS(s3fs.S3FileSystem(**options))
+        fs = s3fs.S3FileSystem(**options)
+        fs.retries = attempts  # s3fs's loop: attempts per call in all (a class attribute, no argument)
+        install_s3fs_retry_policy()  # this process may be an executor that never called storage_options
+        return LegacyS3FS(fs)
