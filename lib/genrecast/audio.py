@@ -96,6 +96,21 @@ class _MonoResampler:
         return y[:n_out] if y.size >= n_out else np.pad(y, (0, n_out - y.size))
 
 
+def _read_frames(f: sf.SoundFile, out: np.ndarray) -> int:
+    """Read up to ``len(out)`` frames into ``out`` ((frames, channels) float32, C order) with
+    libsndfile's own sequential read; returns the frames read (0 at the end).
+
+    Not ``SoundFile.read``: it seeks to ``tell() + n`` after every call, and a seek makes the MP3
+    decoder (mpg123) restart from an earlier frame - block-wise reads of some MP3s came back up to
+    0.65 off a one-shot read. libsndfile's C API read in a loop never seeks.
+    """
+    n = sf._snd.sf_readf_float(f._file, sf._ffi.from_buffer("float[]", out), len(out))
+    err = sf._snd.sf_error(f._file)
+    if err:
+        raise sf.LibsndfileError(err)
+    return int(n)
+
+
 def _decode_soundfile(data: bytes, sample_rate: int, max_seconds: float) -> np.ndarray:
     """Mono float32 at ``sample_rate``, read block by block (see the module docstring)."""
     try:
@@ -115,11 +130,11 @@ def _decode_soundfile(data: bytes, sample_rate: int, max_seconds: float) -> np.n
             buf = np.empty((max(1, BLOCK_SAMPLES // f.channels), f.channels), dtype=np.float32)
             decoded = 0
             while decoded < cap:
-                block = f.read(out=buf)
-                if len(block) == 0:
+                n = _read_frames(f, buf)
+                if n == 0:
                     break
-                decoded += len(block)
-                out.add(to_mono(block))
+                decoded += n
+                out.add(to_mono(buf[:n]))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         detail = getattr(exc, "error_string", None) or str(exc).strip().splitlines()[0]
         raise AudioRejected(f"undecodable audio: {detail[:200]}") from None
