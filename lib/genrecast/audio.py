@@ -83,11 +83,14 @@ class _MonoResampler:
         )
 
     def add(self, block: np.ndarray) -> None:
+        """Append a (frames,) float32 block; kept as is at the native rate, so not reused after."""
         self.n_in += block.size
-        self.parts.append(block.copy() if self.stream is None else self.stream.resample_chunk(block))
+        self.parts.append(block if self.stream is None else self.stream.resample_chunk(block))
 
     def result(self) -> np.ndarray:
         if self.stream is None:
+            if len(self.parts) == 1:  # the common short track: no copy
+                return self.parts[0]
             return np.concatenate(self.parts) if self.parts else np.empty(0, np.float32)
         self.parts.append(self.stream.resample_chunk(np.empty(0, np.float32), last=True))
         y = np.concatenate(self.parts)
@@ -127,14 +130,17 @@ def _decode_soundfile(data: bytes, sample_rate: int, max_seconds: float) -> np.n
             # One frame past the limit is proof enough when a header under-declares.
             cap = math.floor(max_seconds * rate) + 1 if math.isfinite(max_seconds) else SF_COUNT_MAX
             out = _MonoResampler(rate, sample_rate)
-            buf = np.empty((max(1, BLOCK_SAMPLES // f.channels), f.channels), dtype=np.float32)
+            frames = max(1, BLOCK_SAMPLES // f.channels)
             decoded = 0
             while decoded < cap:
-                n = _read_frames(f, buf)
+                # A fresh block each time (the mono one is kept as is); sized to what is left.
+                left = declared - decoded if known else 0
+                block = np.empty((min(frames, left) if left > 0 else frames, f.channels), dtype=np.float32)
+                n = _read_frames(f, block)
                 if n == 0:
                     break
                 decoded += n
-                out.add(to_mono(buf[:n]))
+                out.add(to_mono(block[:n]))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         detail = getattr(exc, "error_string", None) or str(exc).strip().splitlines()[0]
         raise AudioRejected(f"undecodable audio: {detail[:200]}") from None
