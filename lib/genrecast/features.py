@@ -39,7 +39,7 @@ def _hann(n_fft: int) -> np.ndarray:
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
-def n_frames(n_samples: int, n_fft: int, hop_length: int) -> int:
+def stft_frames(n_samples: int, n_fft: int, hop_length: int) -> int:
     """STFT frames of a centred (``n_fft // 2`` zero-padded each side) signal: ``1 + n // hop``
     for an even ``n_fft``."""
     return 1 + (n_samples + 2 * (n_fft // 2) - n_fft) // hop_length
@@ -58,7 +58,7 @@ def power_spectrogram(
     """
     import scipy.fft
 
-    total = n_frames(y.size, n_fft, hop_length)
+    total = stft_frames(y.size, n_fft, hop_length)
     stop = total if stop is None else min(stop, total)
     # Sample range of frames start..stop-1 in y's indices (frame f starts at f * hop - n_fft // 2).
     lo = start * hop_length - n_fft // 2
@@ -79,7 +79,7 @@ def log_mel(y: np.ndarray, params: AudioConf) -> np.ndarray:
     """(n_mels, 1 + len(y) // hop_length) float32 log-mel power in dB (centred STFT, Hann),
     computed ``STFT_BLOCK_FRAMES`` frames at a time (frames are independent: same numbers)."""
     basis = mel_basis(params.sample_rate, params.n_fft, params.n_mels)
-    total = n_frames(y.size, params.n_fft, params.hop_length)
+    total = stft_frames(y.size, params.n_fft, params.hop_length)
     out = np.empty((params.n_mels, total), dtype=np.float32)
     for start in range(0, total, STFT_BLOCK_FRAMES):
         stop = min(start + STFT_BLOCK_FRAMES, total)
