@@ -75,6 +75,8 @@ def classify_files(
             except (AudioRejected, GenrecastError) as exc:  # GenrecastError: e.g. an invalid URI
                 results[i] = {"path": path, "error": str(exc)}
                 continue
+            except MemoryError:  # the process, not this input: fail loudly rather than report it as the file's
+                raise
             except Exception as exc:  # storage or decoder failure on this input only: report it, go on
                 log.debug("classify: %s", path, exc_info=True)
                 first = (str(exc).strip().splitlines() or [""])[0]

@@ -97,6 +97,7 @@ class IngestConf(_Section):
     tracks_per_partition: int = Field(16, gt=0)
     max_seconds: float = Field(1800.0, gt=0)
     silence_peak_dbfs: float = -60.0
+    silence_rms_dbfs: float = -70.0  # RMS around the mean: a constant/DC signal is silence too
     row_group_size_mb: int = Field(8, gt=0)
 
 

@@ -39,25 +39,53 @@ def _hann(n_fft: int) -> np.ndarray:
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
-def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
-    """(1 + n_fft // 2, 1 + len(y) // hop) float32 |STFT|^2: centred, zero-padded, periodic Hann.
+def stft_frames(n_samples: int, n_fft: int, hop_length: int) -> int:
+    """STFT frames of a centred (``n_fft // 2`` zero-padded each side) signal: ``1 + n // hop``
+    for an even ``n_fft``."""
+    return 1 + (n_samples + 2 * (n_fft // 2) - n_fft) // hop_length
+
+
+def power_spectrogram(
+    y: np.ndarray, n_fft: int, hop_length: int, start: int = 0, stop: int | None = None
+) -> np.ndarray:
+    """(1 + n_fft // 2, stop - start) float32 |STFT|^2 of frames ``start:stop`` (default: all):
+    centred, zero-padded, periodic Hann.
 
     Same frames as ``librosa.stft(y, center=True, pad_mode="constant")``, but single-precision
     (scipy.fft keeps float32; numpy.fft computes in float64) over a strided view, ~2x faster.
+    Only the samples of the requested frames are copied (padded at the track's edges), so a
+    range of frames costs memory in proportion to the range, not to the track.
     """
     import scipy.fft
 
-    padded = np.pad(y.astype(np.float32, copy=False), n_fft // 2, mode="constant")
+    total = stft_frames(y.size, n_fft, hop_length)
+    stop = total if stop is None else min(stop, total)
+    # Sample range of frames start..stop-1 in y's indices (frame f starts at f * hop - n_fft // 2).
+    lo = start * hop_length - n_fft // 2
+    hi = (stop - 1) * hop_length - n_fft // 2 + n_fft
+    segment = y[max(lo, 0) : max(min(hi, y.size), 0)].astype(np.float32, copy=False)
+    padded = np.pad(segment, (max(-lo, 0), max(hi - y.size, 0)), mode="constant")
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
     spec = scipy.fft.rfft(frames * _hann(n_fft), axis=-1, workers=1)
     return (spec.real**2 + spec.imag**2).T
 
 
+# STFT frames per block in log_mel: ~16 MB of complex64 spectrum at n_fft 2048 instead of the
+# whole track's (a 30-minute track's would be ~0.6 GB, plus as much again for the frames).
+STFT_BLOCK_FRAMES = 2048
+
+
 def log_mel(y: np.ndarray, params: AudioConf) -> np.ndarray:
-    """(n_mels, 1 + len(y) // hop_length) float32 log-mel power in dB (centred STFT, Hann)."""
-    power = power_spectrogram(y, params.n_fft, params.hop_length)
-    mel = mel_basis(params.sample_rate, params.n_fft, params.n_mels) @ power
-    return (10.0 * np.log10(np.maximum(mel, AMIN))).astype(np.float32)
+    """(n_mels, 1 + len(y) // hop_length) float32 log-mel power in dB (centred STFT, Hann),
+    computed ``STFT_BLOCK_FRAMES`` frames at a time (frames are independent: same numbers)."""
+    basis = mel_basis(params.sample_rate, params.n_fft, params.n_mels)
+    total = stft_frames(y.size, params.n_fft, params.hop_length)
+    out = np.empty((params.n_mels, total), dtype=np.float32)
+    for start in range(0, total, STFT_BLOCK_FRAMES):
+        stop = min(start + STFT_BLOCK_FRAMES, total)
+        mel = basis @ power_spectrogram(y, params.n_fft, params.hop_length, start, stop)
+        out[:, start:stop] = 10.0 * np.log10(np.maximum(mel, AMIN))
+    return out
 
 
 def clip_starts(n_frames: int, clip_frames: int) -> list[int]:
@@ -105,8 +133,15 @@ def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) 
 
     Raises :class:`AudioRejected` with the reason for the rejects table.
     """
-    y = decode_audio(data, extension_of(uri), audio.sample_rate)
-    check_usable(y, audio.sample_rate, min_track_seconds(audio), ingest.max_seconds, ingest.silence_peak_dbfs)
+    y = decode_audio(data, extension_of(uri), audio.sample_rate, ingest.max_seconds)
+    check_usable(
+        y,
+        audio.sample_rate,
+        min_track_seconds(audio),
+        ingest.max_seconds,
+        ingest.silence_peak_dbfs,
+        ingest.silence_rms_dbfs,
+    )
     return y
 
 

@@ -78,7 +78,7 @@ def ingest_partition(
             y = usable_samples(data, task.uri, audio, ingest)
             t2 = time.perf_counter()
             clips = log_mel_clips(y, audio)
-        except Exception as exc:  # AudioRejected, or a decoder bug: not fatal, the reason is kept
+        except Exception as exc:  # AudioRejected or a decoder bug: a reject; MemoryError: re-raised there
             res.reject_error(task, "ingest", exc, sha)
             res.seconds["decode"] += time.perf_counter() - t1
             continue

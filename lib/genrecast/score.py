@@ -202,7 +202,7 @@ def score_partition(
             t = time.perf_counter()
             try:
                 clips = track_clips(data, task.uri, cfg.audio, cfg.ingest)
-            except Exception as exc:  # AudioRejected, or a decoder bug: either way not fatal, reason kept
+            except Exception as exc:  # AudioRejected or a decoder bug: a reject; MemoryError: re-raised there
                 res.reject_error(task, "score", exc, sha)
                 continue
             finally:

@@ -53,7 +53,11 @@ class PartitionResult:
 
     def reject_error(self, task: TrackTask, stage: str, exc: Exception, sha: str) -> None:
         """Reject for an exception while decoding: AudioRejected carries the reason; anything
-        else (a decoder bug) is logged with its traceback and must not fail the batch."""
+        else (a decoder bug) is logged with its traceback and must not fail the batch. A
+        MemoryError is re-raised: it says nothing about the file (the executor was short of
+        memory), so it fails the task and Spark retries it instead of a permanent reject."""
+        if isinstance(exc, MemoryError):
+            raise exc
         if isinstance(exc, AudioRejected):
             self.reject(task, stage, str(exc), sha)
         else:
