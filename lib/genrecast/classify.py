@@ -187,7 +187,14 @@ def compare_tracks(
     """``genrecast compare``: the two inputs' timelines (each a Timeline or ``{"path", "error"}``)
     and, when both could be classified, the :func:`genrecast.timeline.compare` document."""
     storage = Storage.from_config(cfg)
-    uris = [resolve_audio(cfg, storage, name) for name in (a, b)]
+    uris, problems = [], []
+    for name in (a, b):
+        try:
+            uris.append(resolve_audio(cfg, storage, name))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:  # both named when both are wrong
+        raise ConfigError("; ".join(problems))
     items = track_timelines(cfg, uris, model, threads, names=[a, b])
     if any(isinstance(t, dict) for t in items):
         return items, None

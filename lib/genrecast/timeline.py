@@ -1,6 +1,6 @@
 """Genre over time: one track's per-clip predictions on a time axis, the segments where its
 top genre changes, its genre distribution, and the comparison of two tracks. Pure NumPy, plus
-matplotlib (Agg) for the pictures; the model call is :class:`genrecast.score.Predictor`'s.
+matplotlib (a bare Agg figure) for the pictures; the model call is :class:`genrecast.score.Predictor`'s.
 
 Clip times. Ingest cuts a track's log-mel into clips of ``F = audio.clip_frames`` frames at the
 frames :func:`genrecast.features.clip_starts` gives (the last clip end-aligned). Frame ``f`` of
@@ -314,23 +314,18 @@ def _draw(ax: Any, tl: Timeline, colours: list[Any], label: str) -> None:
 
 
 def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return buf.getvalue()
 
 
 def _figure(n_rows: int, width: float) -> tuple[Any, Any]:
-    import matplotlib
+    # A bare Figure (Agg canvas), not pyplot: no global backend or figure state, so it works
+    # headless and leaves a notebook's inline plotting alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)  # headless; a notebook's inline backend is left alone
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(n_rows, 1, figsize=(width, 2.6 * n_rows + 0.6), squeeze=False, sharex=True)
+    fig = Figure(figsize=(width, 2.6 * n_rows + 0.6))
+    return fig, fig.subplots(n_rows, 1, squeeze=False, sharex=True)
 
 
 def timeline_png(tl: Timeline) -> bytes:
