@@ -101,6 +101,32 @@ def write_config(folder: Path, extra: str = "") -> Config:
     return load_config(conf)
 
 
+TRAINED_GENRES = ["low", "high", "noise"]  # the ``trained`` fixture's labels (see synthetic_track)
+TRAINED_PER_GENRE = 6
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, spark):
+    """(folder, config, model_id): 18 labelled 4.5 s tracks + one bad file, a 2-epoch model.
+    Once per session: test_score and test_timeline share it (copy what a test changes)."""
+    from genrecast.ingest import run_ingest
+    from genrecast.train import run_train
+
+    root = tmp_path_factory.mktemp("score")
+    rng = np.random.default_rng(1)
+    rows = ["track_id,genre"]
+    for kind in TRAINED_GENRES:
+        for i in range(TRAINED_PER_GENRE):
+            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic_track(kind, rng, seconds=4.5))
+            rows.append(f"{kind}/{kind}{i:02d},{kind}")
+    (root / "audio/bad").mkdir()
+    (root / "audio/bad/text.mp3").write_text("not audio\n" * 50)
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = write_config(root, f"genres: {TRAINED_GENRES}\ntrain: {{epochs: 2, batch_size: 8, workers: 1}}\n")
+    assert run_ingest(cfg, spark).tracks_ok == len(TRAINED_GENRES) * TRAINED_PER_GENRE
+    return root, cfg, run_train(cfg, spark, workers=1, epochs=2).model_id
+
+
 @contextlib.contextmanager
 def killed_mid_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``with killed_mid_commit(monkeypatch): run_job(...)``: the job's second ``Storage.move``

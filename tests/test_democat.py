@@ -265,3 +265,24 @@ def test_a_failed_render_is_skipped_and_recorded(tmp_path, monkeypatch):
     labels = storage.objects["s3://bucket/demo/labels.csv"].decode().splitlines()
     assert labels == ["track_id,genre,artist", f"{good.track_id},rock,{good.artist}"]
     assert list(tmp_path.iterdir()) == []  # nothing written locally
+
+
+def test_cover_pair_is_one_song_over_two_grooves():
+    pair = democat.plan_covers(ALL_GENRES, seed=0)
+    assert pair == democat.plan_covers(ALL_GENRES, seed=0) != democat.plan_covers(ALL_GENRES, seed=1)
+    assert [(p.track_id, p.genre) for p in pair] == [
+        ("covers/song-000-pop", "pop"),
+        ("covers/song-000-reggae", "reggae"),
+    ]
+    pop, reggae = pair
+    same = ("artist", "tempo", "key", "progression", "transpose", "variation", "melody")
+    assert all(getattr(pop, f) == getattr(reggae, f) for f in same) and pop.source != reggae.source
+    songs = [democat.mma_song(p, 30.0)[0] for p in pair]
+    assert all(f"Transpose {pop.transpose}" in s and "Begin Solo" in s and "{4e;8e;8f;4g;4e;}" in s for s in songs)
+    # Past the comment line naming the track, the two songs differ only in the groove.
+    assert songs[0].replace(pop.source[0], reggae.source[0]).split("\n", 1)[1] == songs[1].split("\n", 1)[1]
+    # Absent when either genre is not configured; genre names match as recipes do.
+    assert democat.plan_covers(["pop", "jazz"], seed=0) == [] and democat.plan_covers(["Reggae", "POP"], 0)
+    # Other tracks' mma text is untouched by the melody support (their renders stay cached).
+    plain = plan_tracks(["pop"], 1, seed=0)[0]
+    assert "Solo" not in democat.mma_song(plain, 30.0)[0] and "Transpose" not in democat.mma_song(plain, 30.0)[0]

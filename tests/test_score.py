@@ -12,37 +12,24 @@ import pytest
 
 from genrecast import commit
 from genrecast.classify import classify_files, exit_code, format_jsonl, format_table
-from genrecast.dataset import rejects_uri, scores_uri
+from genrecast.dataset import rejects_uri, scores_uri, timelines_uri
 from genrecast.errors import ConfigError
-from genrecast.ingest import run_ingest
 from genrecast.lease import TableBusy
-from genrecast.score import SCORE_COLUMNS, aggregate_clips, run_score
+from genrecast.score import SCORE_COLUMNS, TIMELINE_COLUMNS, aggregate_clips, run_score
 from genrecast.storage import Storage
-from genrecast.train import run_train
+from genrecast.timeline import clip_times
 
-from conftest import killed_mid_commit, run_while_staging, synthetic_track, write_audio, write_config
+from conftest import (
+    TRAINED_GENRES,
+    TRAINED_PER_GENRE,
+    killed_mid_commit,
+    run_while_staging,
+    synthetic_track,
+    write_audio,
+)
 
-GENRES = ["low", "high", "noise"]
-PER_GENRE = 6
-N_TRACKS = len(GENRES) * PER_GENRE
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, spark):
-    """(folder, config, model_id): 18 labelled 4.5 s tracks + one bad file, a 2-epoch model."""
-    root = tmp_path_factory.mktemp("score")
-    rng = np.random.default_rng(1)
-    rows = ["track_id,genre"]
-    for kind in GENRES:
-        for i in range(PER_GENRE):
-            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic_track(kind, rng, seconds=4.5))
-            rows.append(f"{kind}/{kind}{i:02d},{kind}")
-    (root / "audio/bad").mkdir()
-    (root / "audio/bad/text.mp3").write_text("not audio\n" * 50)
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    cfg = write_config(root, f"genres: {GENRES}\ntrain: {{epochs: 2, batch_size: 8, workers: 1}}\n")
-    assert run_ingest(cfg, spark).tracks_ok == N_TRACKS
-    return root, cfg, run_train(cfg, spark, workers=1, epochs=2).model_id
+GENRES = TRAINED_GENRES
+N_TRACKS = len(GENRES) * TRAINED_PER_GENRE
 
 
 def fresh(trained, folder, scored=None):
@@ -239,3 +226,42 @@ def test_backfill_and_nightly_at_once_lose_and_duplicate_nothing(trained, tmp_pa
     df = scores(cfg, model_id)
     assert len(df) == N_TRACKS and df.track_id.is_unique
     assert len(score_rejects(cfg)) == 1
+
+
+def test_keep_timeline_writes_clip_rows_and_replaces_a_rescored_tracks_rows(trained, scored, tmp_path, spark):
+    # Turned on over a scored table without clip rows: nightly scores every track again so the
+    # two tables agree; a changed track's rows are replaced; backfill replaces the table.
+    cfg, model_id = fresh(trained, tmp_path, scored)
+    cfg.score.keep_timeline = True
+    first = run_score(cfg, spark, "nightly")
+    assert first.scored == N_TRACKS and first.timelines_uri == timelines_uri(cfg, model_id)
+
+    def clip_rows() -> pd.DataFrame:
+        df = pd.read_parquet(timelines_uri(cfg, model_id))
+        assert tuple(df.columns) == TIMELINE_COLUMNS
+        return df.sort_values(["track_id", "clip_index"]).reset_index(drop=True)
+
+    rows, track = clip_rows(), scores(cfg, model_id).set_index("track_id")
+    assert len(rows) == track.n_clips.sum() == 2 * N_TRACKS and not rows.duplicated(["track_id", "clip_index"]).any()
+    start_s, end_s = clip_times(int(4.5 * cfg.audio.sample_rate), cfg.audio)
+    for track_id, clips in rows.groupby("track_id"):
+        np.testing.assert_allclose(clips.start_s, start_s)
+        np.testing.assert_allclose(clips.end_s, end_s)
+        probs = np.stack(clips.probabilities)
+        np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+        np.testing.assert_allclose(probs.mean(axis=0), track.probabilities[track_id], atol=1e-5)
+        assert (clips.audio_sha256 == track.audio_sha256[track_id]).all()
+        assert list(clips.genre) == [GENRES[i] for i in probs.argmax(axis=1)]
+
+    again = run_score(cfg, spark, "nightly")
+    assert again.scored == 0 and len(clip_rows()) == 2 * N_TRACKS
+    write_audio(tmp_path / "audio/low/low00.wav", synthetic_track("low", np.random.default_rng(9), seconds=6.5))
+    changed = run_score(cfg, spark, "nightly")
+    assert changed.scored == 1
+    rows = clip_rows()
+    assert len(rows) == 2 * N_TRACKS + 1 and not rows.duplicated(["track_id", "clip_index"]).any()
+    assert list(rows[rows.track_id == "low/low00"].clip_index) == [0, 1, 2]
+
+    backfill = run_score(cfg, spark, "backfill")
+    files = commit.table_files(Storage(), timelines_uri(cfg, model_id))
+    assert files and all(backfill.run_id in f for f in files) and len(clip_rows()) == 2 * N_TRACKS + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -119,14 +120,58 @@ def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_classify(cfg: Config, args: argparse.Namespace) -> int:
-    from genrecast.classify import classify_files, exit_code, format_jsonl, format_table
+    from genrecast.classify import classify_result, exit_code, format_jsonl, format_table, track_timelines
+    from genrecast.timeline import Timeline, png_names, timeline_png
 
-    results = classify_files(cfg, args.files, model=args.model)
+    if args.timeline_png and os.path.exists(args.timeline_png) and not os.path.isdir(args.timeline_png):
+        raise ConfigError(f"--timeline-png {args.timeline_png}: exists and is not a folder")
+    items = track_timelines(cfg, args.files, model=args.model)
+    results = [classify_result(t, timeline=args.format == "jsonl") for t in items]
+    if args.timeline_png:  # one picture per classified file; a failed file gets none
+        os.makedirs(args.timeline_png, exist_ok=True)
+        for item, name in zip(items, png_names(args.files), strict=True):
+            if isinstance(item, Timeline):
+                _write_file(os.path.join(args.timeline_png, name), timeline_png(item))
     print(format_jsonl(results) if args.format == "jsonl" else format_table(results))
     for r in results:
         if "error" in r:
             print(f"genrecast classify: {r['path']}: {r['error']}", file=sys.stderr)
     return exit_code(results)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write a local file whole or not at all (temporary file, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def cmd_compare(cfg: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from genrecast.classify import compare_tracks
+    from genrecast.timeline import compare_png, format_compare_table
+
+    if args.png and os.path.isdir(args.png):
+        raise ConfigError(f"--png {args.png}: is a folder; name the PNG file to write")
+    items, doc = compare_tracks(cfg, args.a, args.b, model=args.model)
+    if doc is None:  # nothing is printed or written when either input failed
+        for item in items:
+            if isinstance(item, dict):
+                print(f"genrecast compare: {item['path']}: {item['error']}", file=sys.stderr)
+        return 1
+    if args.png:
+        _write_file(args.png, compare_png(items[0], items[1], doc))  # type: ignore[arg-type]
+    if args.format == "json":
+        print(json.dumps(doc, ensure_ascii=False))
+    else:
+        print(format_compare_table(doc))
+    return 0
 
 
 def cmd_recommend(cfg: Config, args: argparse.Namespace) -> int:
@@ -251,8 +296,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE_OR_URI")
     p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
-    p.add_argument("--format", choices=["table", "jsonl"], default="table", help="table (default) or jsonl")
+    p.add_argument(
+        "--format",
+        choices=["table", "jsonl"],
+        default="table",
+        help="table (default) or jsonl (with a per-clip 'timeline': start_s, end_s, genre, confidence, probabilities)",
+    )
+    p.add_argument(
+        "--timeline-png",
+        metavar="DIR",
+        help="write <file stem>.png per classified file into DIR: stacked genre probabilities over time",
+    )
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="two tracks' genre timelines side by side (files or catalogue track ids; no Spark)",
+        description="Classify A and B clip by clip (as classify) and show both genre timelines on one time axis, "
+        "each one's genre distribution (share of clips per top genre), the cosine similarity of the two track "
+        "embeddings and of their most similar clip pairs, and a one-paragraph summary. A or B is a file or URI, or "
+        "else a track id of catalogue.audio_uri. Exit 2 for an input that is neither, 1 if a file cannot be "
+        "classified (nothing is written then).",
+    )
+    p.add_argument("a", metavar="A", help="file, URI or catalogue track id")
+    p.add_argument("b", metavar="B", help="file, URI or catalogue track id")
+    p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+    p.add_argument("--png", metavar="FILE", help="also draw both timelines on one time axis into FILE (PNG)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "recommend",

@@ -168,6 +168,12 @@ class RecommendConf(_Section):
     baseline: bool = True  # MFCC-statistics baseline: one Spark pass over the mel dataset
 
 
+class ScoreConf(_Section):
+    """`genrecast score`."""
+
+    keep_timeline: bool = False  # also write every clip's prediction to <root>/timelines/model=<id>/
+
+
 class Config(_Section):
     spark: SparkConf = Field(default_factory=SparkConf)
     storage: StorageConf = Field(default_factory=StorageConf)
@@ -179,6 +185,7 @@ class Config(_Section):
     demo: DemoConf = Field(default_factory=DemoConf)
     spotify: SpotifyConf = Field(default_factory=SpotifyConf)
     recommend: RecommendConf = Field(default_factory=RecommendConf)
+    score: ScoreConf = Field(default_factory=ScoreConf)
 
     @field_validator("genres")
     @classmethod

@@ -42,6 +42,11 @@ def scores_uri(cfg: Config, model_id: str) -> str:
     return join(cfg.storage.root, "scores", f"model={model_id}")
 
 
+def timelines_uri(cfg: Config, model_id: str) -> str:
+    """The per-clip table beside the scores (``score.keep_timeline``)."""
+    return join(cfg.storage.root, "timelines", f"model={model_id}")
+
+
 def neighbours_uri(cfg: Config, model_id: str) -> str:
     return join(cfg.storage.root, "neighbours", f"model={model_id}")
 

@@ -18,6 +18,12 @@ serial). Renders can be cached in a local folder keyed by everything that decide
 ``<audio_uri>/<genre>/<genre>-<NNN>.<wav|flac|ogg|mp3>`` plus ``labels.csv``
 (``track_id,genre,artist``; artist = the groove family or composer, e.g. ``mma:stdlib/swing``,
 ``music21:bach``, so a train/test split by artist keeps a family on one side).
+
+Besides the per-genre tracks, a *cover pair* (:func:`plan_covers`): one song - the same melody,
+chord progression, key and tempo - played over a pop groove and over a reggae groove,
+``covers/song-000-pop`` and ``covers/song-000-reggae``, labelled with their groove's genre and
+one shared artist (``demo-cover:song-000``) so both land on the same side of a split. It is
+what ``genrecast compare`` is shown on (README, notebook 3).
 """
 
 from __future__ import annotations
@@ -577,8 +583,9 @@ class TrackPlan:
     key: str  # tonic of the progression (mma), "" for music21
     progression: tuple[str, ...]  # chord symbols, one cycle, one entry a bar (mma)
     arrangement: str  # mma: kit added to a drum-only groove ("" = none); music21: ensemble
-    transpose: int  # semitones (music21)
+    transpose: int  # semitones (music21; mma: the cover pair, whose song is written in C)
     variation: int  # seeds the renderer's own choices (mma RndSeed, music21 excerpt start)
+    melody: tuple[str, ...] = ()  # mma solo notes, one entry a progression bar (cover pair only)
 
 
 def genre_dir(genre: str) -> str:
@@ -674,6 +681,51 @@ def plan_tracks(genres: Sequence[str], tracks_per_genre: int, seed: int) -> list
                     arrangement=rng.choice(style.arrangements), transpose=rng.randint(-2, 2), **common,
                 ))
     return plans
+
+
+# -- the cover pair: one song over two genres' grooves ----------------------------------------
+COVER_DIR = "covers"
+# The song, in C (transposed per seed): one chord and one bar of melody (mma solo notes) per bar.
+COVER_PROGRESSION = "I V vi IV I V vi IV"
+COVER_MELODY = (
+    "4e;8e;8f;4g;4e;", "4d;8d;8e;2d;", "4c;8c;8d;4e;4a;", "2a;4g;4f;",
+    "4g;8g;8a;4c+;4g;", "4b;8a;8g;2d;", "4e;4a;4c+;4b;", "2.a;4r;",
+)
+# (genre, mma groove): both are stdlib grooves with their own bass and chords, no kit needed.
+COVER_VERSIONS = (("pop", "stdlib/8beat:8Beat"), ("reggae", "stdlib/ska:Ska"))
+COVER_TEMPO = (90, 100)  # shared by both versions: between the two genres' usual ranges
+# The melody sits under the groove (mp): the grooves, not the flute, should decide the genre.
+SOLO_TRACK = """
+Begin Solo
+  Voice Flute
+  Octave 5
+  Articulate 90
+  Volume mp
+End
+"""
+
+
+def plan_covers(genres: Sequence[str], seed: int) -> list[TrackPlan]:
+    """The cover pair (module docstring) when both its genres are configured, else nothing:
+    ``covers/song-000-<genre dir>`` per version, same key, tempo, chords, melody and mma seed,
+    different groove. Deterministic in ``seed``."""
+    configured = {re.sub(r"[\s_-]+", "", g.casefold()): g for g in genres}
+    names = [configured.get(genre) for genre, _groove in COVER_VERSIONS]
+    if any(name is None for name in names):
+        return []
+    rng = random.Random(f"genrecast-demo:{seed}:covers:0")
+    transpose, tempo, variation = rng.randint(-5, 6), rng.randint(*COVER_TEMPO), rng.randrange(1, 2**31)
+    song = f"{COVER_DIR}/song-000"
+    return [
+        TrackPlan(
+            track_id=f"{song}-{genre_dir(name)}", genre=name, artist=f"demo-cover:{song.split('/')[-1]}",
+            ext="flac", renderer="mma", source=(groove, groove), tempo=tempo, beats=4, key="C",
+            progression=progression_chords(COVER_PROGRESSION, "C"), arrangement="", transpose=transpose,
+            variation=variation, melody=COVER_MELODY,
+        )
+        for name, (_genre, groove) in zip(names, COVER_VERSIONS, strict=True)
+        if name is not None
+    ]
 
 
 # -- MIDI facts ----------------------------------------------------------------------------
@@ -874,14 +926,19 @@ def mma_song(plan: TrackPlan, seconds: float) -> tuple[str, int]:
     kit = KITS[plan.arrangement] if plan.arrangement else ""
     lines = [f"// genrecast demo catalogue: {plan.track_id} ({plan.genre}, {plan.artist})",
              f"RndSeed {plan.variation}", f"Tempo {plan.tempo}"]
+    if plan.transpose:
+        lines.append(f"Transpose {plan.transpose}")
     sections = list(dict.fromkeys(plan.source))
     for n, groove in enumerate(sections):
         lines += [f"Groove {groove}", kit.strip(), f"DefGroove GcSection{n}"]
+    if plan.melody:  # after the grooves: a Solo track is not part of any groove, so it survives them
+        lines.append(SOLO_TRACK.strip())
     cycle = len(plan.progression)
     for bar in range(bars):
         if bar % cycle == 0:
             lines.append(f"Groove GcSection{sections.index(plan.source[(bar // cycle) % len(plan.source)])}")
-        lines.append(f"{bar + 1} {plan.progression[bar % cycle]}")
+        melody = f" {{{plan.melody[bar % cycle]}}}" if plan.melody else ""
+        lines.append(f"{bar + 1} {plan.progression[bar % cycle]}{melody}")
     return "\n".join(ln for ln in lines if ln) + "\n", bars
 
 
@@ -1265,11 +1322,12 @@ def render_demo_catalogue(storage: Storage, audio_uri: str, labels_uri: str, gen
                           tracks_per_genre: int, seconds: float, seed: int, cache_dir: str | None = None,
                           progress: Callable[[str], None] | None = None, workers: int = 1) -> DemoSummary:
     """Plan and render a demo catalogue of ``tracks_per_genre`` tracks of ``seconds`` for each
-    genre with a recipe (:data:`GENRES`); other genres are reported in ``unsupported_genres``."""
+    genre with a recipe (:data:`GENRES`), plus the cover pair (:func:`plan_covers`); other
+    genres are reported in ``unsupported_genres``."""
     unsupported = [g for g in genres if recipe_for(g) is None]
     for genre in unsupported:
         log.warning("demo catalogue: no recipe for genre %r (known: %s); skipped", genre, ", ".join(sorted(GENRES)))
-    plans = plan_tracks(genres, tracks_per_genre, seed)
+    plans = plan_tracks(genres, tracks_per_genre, seed) + plan_covers(genres, seed)
     summary = render_catalogue(storage, plans, audio_uri, labels_uri, seconds, cache_dir, progress, workers=workers)
     summary.unsupported_genres = unsupported
     return summary

@@ -10,6 +10,13 @@ Scoring reads the catalogue, not the mel dataset: a track need not have been ing
 
 Pure helpers (:func:`aggregate_clips`, :class:`Predictor`, :func:`scores_table`) need no Spark;
 :mod:`genrecast.classify` uses them for single files.
+
+With ``score.keep_timeline`` the job also keeps every clip's prediction in the ``timelines``
+table, ``<root>/timelines/model=<model_id>/`` (:data:`TIMELINES_ARROW_SCHEMA`, one row per clip),
+committed after the scores with the same journal; a track re-scored loses its old clip rows,
+backfill replaces the table. Nightly also re-scores a scored track whose clip rows are missing
+or stale, so the two tables agree after any run (e.g. after turning the option on, or a kill
+between the two commits). With the option off the timelines table is neither read nor written.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import pyarrow as pa
 from genrecast import commit, lease, registry
 from genrecast.catalogue import Track, list_tracks
 from genrecast.config import Config
-from genrecast.dataset import previous_rejects, rejects_uri, scores_uri
+from genrecast.dataset import previous_rejects, rejects_uri, scores_uri, timelines_uri
 from genrecast.errors import ConfigError, JobError
 from genrecast.storage import Storage, join
 from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
@@ -62,6 +69,21 @@ SCORES_ARROW_SCHEMA = pa.schema(
     ]
 )
 SCORE_COLUMNS = tuple(SCORES_ARROW_SCHEMA.names)
+TIMELINES_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("clip_index", pa.int32(), nullable=False),  # 0-based, in time order
+        pa.field("start_s", pa.float64(), nullable=False),  # see genrecast.timeline (clip times)
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("genre", pa.string(), nullable=False),  # the clip's top genre
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("probabilities", pa.list_(pa.float32()), nullable=False),  # order = model.json genres
+        pa.field("audio_sha256", pa.string(), nullable=False),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+TIMELINE_COLUMNS = tuple(TIMELINES_ARROW_SCHEMA.names)
 
 
 def aggregate_clips(probs: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +101,42 @@ def scores_table(rows: dict[str, list]) -> pa.Table:
     inputs give byte-comparable files."""
     table = pa.table([pa.array(rows[c], SCORES_ARROW_SCHEMA.field(c).type) for c in SCORE_COLUMNS], SCORES_ARROW_SCHEMA)
     return table.sort_by("track_id")
+
+
+def timelines_table(rows: dict[str, list]) -> pa.Table:
+    """Columns (see :data:`TIMELINE_COLUMNS`) -> Arrow table sorted by (track_id, clip_index)."""
+    table = pa.table(
+        [pa.array(rows[c], TIMELINES_ARROW_SCHEMA.field(c).type) for c in TIMELINE_COLUMNS], TIMELINES_ARROW_SCHEMA
+    )
+    return table.sort_by([("track_id", "ascending"), ("clip_index", "ascending")])
+
+
+def _add_timeline_rows(
+    rows: dict[str, list],
+    track_id: str,
+    model_id: str,
+    genres: Sequence[str],
+    probs: np.ndarray,
+    times: tuple[np.ndarray, np.ndarray],
+    sha: str,
+    scored_at: datetime,
+) -> None:
+    """Append one track's clips (probabilities (n_clips, n_genres), clip start/end seconds)."""
+    best = np.argmax(probs, axis=1)
+    for k, (start, end) in enumerate(zip(*times, strict=True)):
+        for col, value in (
+            ("track_id", track_id),
+            ("model_id", model_id),
+            ("clip_index", k),
+            ("start_s", float(start)),
+            ("end_s", float(end)),
+            ("genre", genres[int(best[k])]),
+            ("confidence", float(probs[k, best[k]])),
+            ("probabilities", probs[k]),
+            ("audio_sha256", sha),
+            ("scored_at", scored_at),
+        ):
+            rows[col].append(value)
 
 
 def limit_tf_threads(threads: int) -> None:
@@ -127,14 +185,19 @@ class Predictor:
             embs.append(e.numpy())
         return np.concatenate(probs), np.concatenate(embs)
 
-    def predict_tracks(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def predict_clips(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Clips of several tracks, batched across track boundaries -> per track, in order,
-        (probabilities (n_genres,), unit embedding (d,)) from :func:`aggregate_clips`."""
+        its clips' (probabilities (n_clips, n_genres), unit embeddings (n_clips, d))."""
         if not tracks:
             return []
         probs, embs = self.predict(np.concatenate(tracks))
         bounds = np.cumsum([0, *(len(t) for t in tracks)])
-        return [aggregate_clips(probs[a:b], embs[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [(probs[a:b], embs[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def predict_tracks(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """As :meth:`predict_clips`, aggregated per track: (probabilities (n_genres,), unit
+        embedding (d,)) from :func:`aggregate_clips`."""
+        return [aggregate_clips(p, e) for p, e in self.predict_clips(tracks)]
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -160,6 +223,7 @@ class ScorePartitionResult(PartitionResult):
     """``seconds`` by stage: fetch / audio / load / model / write."""
 
     genres: Counter = field(default_factory=Counter)  # predicted genres of the tracks scored
+    timeline_tmp_file: str | None = None  # score.keep_timeline: this task's clip rows
 
 
 def clip_batches(items: Iterable[ClipItem], limit: int = FLUSH_CLIPS) -> Iterator[list[ClipItem]]:
@@ -187,21 +251,29 @@ def score_partition(
     threads: int,
     scored_at: datetime,
     tmp_prefix: str,
+    timeline_tmp_prefix: str | None = None,
 ) -> Iterator[ScorePartitionResult]:
     """Executor side: fetch, hash, decode + mel (as ingest), run the model over the clips of
-    many tracks at once, aggregate per track; write one Parquet file of score rows."""
-    from genrecast.features import track_clips
+    many tracks at once, aggregate per track; write one Parquet file of score rows (and, given
+    ``timeline_tmp_prefix``, one of clip rows)."""
+    from genrecast.features import log_mel_clips, usable_samples
+    from genrecast.timeline import clip_times
 
     storage = Storage.from_config(cfg)
     res = ScorePartitionResult(partition=index)
     rows: dict[str, list] = {c: [] for c in SCORE_COLUMNS}
+    clip_rows: dict[str, list] = {c: [] for c in TIMELINE_COLUMNS}
     predictor: Predictor | None = None
+    samples: dict[str, int] = {}  # track_id -> decoded length, for the clip times
 
     def decoded() -> Iterator[tuple[TrackTask, str, np.ndarray]]:
         for task, data, sha in changed_inputs(storage, tasks, res, "score"):
             t = time.perf_counter()
-            try:
-                clips = track_clips(data, task.uri, cfg.audio, cfg.ingest)
+            try:  # features.track_clips, keeping the sample count
+                y = usable_samples(data, task.uri, cfg.audio, cfg.ingest)
+                clips = log_mel_clips(y, cfg.audio)
+                samples[task.track_id] = len(y)
+                del y
             except Exception as exc:  # AudioRejected or a decoder bug: a reject; MemoryError: re-raised there
                 res.reject_error(task, "score", exc, sha)
                 continue
@@ -215,9 +287,16 @@ def score_partition(
             predictor = predictor_for(cfg, model_id, genres, threads)
             res.seconds["load"] += time.perf_counter() - t
         t = time.perf_counter()
-        predictions = predictor.predict_tracks([clips for _task, _sha, clips in batch])
-        for (task, sha, clips), (probs, emb) in zip(batch, predictions, strict=True):
+        predictions = predictor.predict_clips([clips for _task, _sha, clips in batch])
+        for (task, sha, clips), (clip_probs, clip_embs) in zip(batch, predictions, strict=True):
+            probs, emb = aggregate_clips(clip_probs, clip_embs)
             best = int(np.argmax(probs))
+            if timeline_tmp_prefix:
+                times = clip_times(samples.pop(task.track_id), cfg.audio)
+                if len(times[0]) != len(clips):
+                    raise JobError(f"{task.uri}: {len(clips)} clips but {len(times[0])} clip times")
+                _add_timeline_rows(clip_rows, task.track_id, model_id, genres, clip_probs, times, sha, scored_at)
+            samples.pop(task.track_id, None)
             for col, value in (
                 ("track_id", task.track_id),
                 ("model_id", model_id),
@@ -238,6 +317,9 @@ def score_partition(
         t = time.perf_counter()
         res.tmp_file = f"{tmp_prefix}/part-{index:05d}.parquet"
         storage.write_parquet(res.tmp_file, scores_table(rows))
+        if timeline_tmp_prefix:
+            res.timeline_tmp_file = f"{timeline_tmp_prefix}/part-{index:05d}.parquet"
+            storage.write_parquet(res.timeline_tmp_file, timelines_table(clip_rows))
         res.seconds["write"] += time.perf_counter() - t
     yield res
 
@@ -252,6 +334,65 @@ def _index_file(uri: str, storage: Storage) -> list[tuple[str, str, str]]:
 
 
 # -- driver -------------------------------------------------------------------------------
+def prepare_timelines(
+    sc: Any,
+    storage: Storage,
+    tl_uri: str,
+    index: dict[str, tuple[str | None, set[str]]],
+    backfill: bool,
+    tl_lease: lease.TableLease,
+) -> tuple[list[str], dict[str, set[str]]]:
+    """``score.keep_timeline``, before scoring: recover the timelines table and list its files;
+    nightly, also find the files holding each track's clip rows, and mark in the score
+    ``index`` (track_id -> (scored sha, files)) every track whose clip rows are missing or of
+    other audio for scoring again. Returns (the table's files, track_id -> files holding it)."""
+    commit.recover(storage, tl_uri, tl_lease)
+    old_files = commit.table_files(storage, tl_uri)
+    held: dict[str, set[str]] = {}
+    if backfill:
+        return old_files, held
+    shas: dict[str, set[str]] = {}
+    if old_files:
+        rows = sc.parallelize(old_files, len(old_files)).flatMap(lambda f: sorted(set(_index_file(f, storage))))
+        for track_id, sha, f in rows.collect():
+            held.setdefault(track_id, set()).add(f)
+            shas.setdefault(track_id, set()).add(sha)
+    for track_id, (sha, files) in list(index.items()):
+        if shas.get(track_id) != {sha}:
+            index[track_id] = (None, files)
+    return old_files, held
+
+
+def commit_timelines(
+    sc: Any,
+    storage: Storage,
+    tl_uri: str,
+    run_id: str,
+    results: Sequence[ScorePartitionResult],
+    old_files: list[str],
+    held: dict[str, set[str]],
+    replaced: set[str],
+    backfill: bool,
+    tl_lease: lease.TableLease,
+) -> None:
+    """``score.keep_timeline``, after the scores' commit: move this run's clip files in and,
+    with the same journalled commit, drop the old clip rows of the ``replaced`` tracks (scored
+    again, or now rejected) - or, on backfill, every old file."""
+    add = [
+        (r.timeline_tmp_file, f"{tl_uri}/part-{run_id}-{r.partition:05d}.parquet")
+        for r in results
+        if r.timeline_tmp_file
+    ]
+    if backfill:
+        remove = old_files
+    else:
+        stale: dict[str, set[str]] = {}
+        for track_id in replaced:
+            for f in held.get(track_id, ()):
+                stale.setdefault(f, set()).add(track_id)
+        remove = sorted(stale)
+        add += commit.stage_without(sc, storage, tl_uri, run_id, stale)
+    commit.commit(storage, tl_uri, run_id, add, remove, tl_lease)
 
 
 @dataclass
@@ -271,6 +412,7 @@ class ScoreSummary:
     stage_seconds: Counter = field(default_factory=Counter)
     table_uri: str = ""
     rejects_uri: str = ""
+    timelines_uri: str = ""  # set when score.keep_timeline
 
     def lines(self) -> list[str]:
         dist = ", ".join(f"{g} {n}" for g, n in sorted(self.genres.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -284,6 +426,8 @@ class ScoreSummary:
             f"  table {self.table_uri} ({self.table_tracks} tracks)",
             f"  rejects {self.rejects_uri}",
         ]
+        if self.timelines_uri:
+            out.append(f"  timelines {self.timelines_uri}")
         if self.stage_seconds:
             spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items()))
             out.append(f"  executor time: {spent}")
@@ -305,10 +449,11 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
     table_uri, rj_uri = scores_uri(cfg, model_id), rejects_uri(cfg, "score", model_id)
     run_id = commit.new_run_id()
     summary = ScoreSummary(run_id, model_id, mode, table_uri=table_uri, rejects_uri=rj_uri)
-    with lease.hold(storage, cfg, run_id, f"score {mode}", table_uri, rj_uri) as leases:
+    tables = [table_uri, rj_uri] + ([timelines_uri(cfg, model_id)] if cfg.score.keep_timeline else [])
+    with lease.hold(storage, cfg, run_id, f"score {mode}", *tables) as leases:
         commit.recover(storage, table_uri, leases[table_uri])
         commit.recover(storage, rj_uri, leases[rj_uri])
-        _score(cfg, spark, storage, summary, genres, leases[table_uri], leases[rj_uri])
+        _score(cfg, spark, storage, summary, genres, leases)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -319,8 +464,7 @@ def _score(
     storage: Storage,
     summary: ScoreSummary,
     genres: list[str],
-    table_lease: lease.TableLease,
-    rj_lease: lease.TableLease,
+    leases: dict[str, lease.TableLease],
 ) -> None:
     table_uri, rj_uri, run_id, model_id, mode = (
         summary.table_uri,
@@ -345,6 +489,11 @@ def _score(
             files.add(f)
             if have_sha != sha:  # two rows that disagree: score again, which rewrites both files
                 index[track_id] = (None, files)
+    keep_timeline, tl_uri = cfg.score.keep_timeline, timelines_uri(cfg, model_id)
+    if keep_timeline:
+        tl_lease = leases[tl_uri]
+        tl_files, tl_held = prepare_timelines(sc, storage, tl_uri, index, backfill, tl_lease)
+        summary.timelines_uri = tl_uri
     reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX)
 
     tasks = [
@@ -366,8 +515,9 @@ def _score(
         tmp_prefix = f"{table_uri}/{commit.TMP}/{run_id}"
         threads = int(sc.getConf().get("spark.task.cpus", "1"))
         scored_at = datetime.now(UTC)
+        tl_tmp_prefix = f"{tl_uri}/{commit.TMP}/{run_id}" if keep_timeline else None
         rdd = sc.parallelize(tasks, n_parts).mapPartitionsWithIndex(
-            lambda i, it: score_partition(i, it, cfg, model_id, genres, threads, scored_at, tmp_prefix)
+            lambda i, it: score_partition(i, it, cfg, model_id, genres, threads, scored_at, tmp_prefix, tl_tmp_prefix)
         )
         log.info("score %s: %d tracks, %d partitions on %s (model %s)", mode, len(tasks), n_parts, sc.master, model_id)
         from genrecast.spark import with_progress
@@ -406,7 +556,10 @@ def _score(
             add += commit.stage_without(sc, storage, table_uri, run_id, stale)
             log.info("score: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
         summary.table_tracks = len((set(index) - rejected_ids) | set(written))
-    commit.commit(storage, table_uri, run_id, add, remove, table_lease)
+    commit.commit(storage, table_uri, run_id, add, remove, leases[table_uri])
+    if keep_timeline:
+        replaced = set(written) | rejected_ids
+        commit_timelines(sc, storage, tl_uri, run_id, results, tl_files, tl_held, replaced, backfill, tl_lease)
 
     fresh = [r for r in new_rejects if backfill or (r["source_uri"], r["stage"], r["reason"]) not in reject_keys]
     if fresh or (backfill and reject_files):
@@ -418,6 +571,6 @@ def _score(
             tmp = commit.tmp_uri(rj_uri, run_id, name)
             storage.write_parquet(tmp, rejects_table(fresh))
             adds = [(tmp, join(rj_uri, name))]
-        commit.commit(storage, rj_uri, run_id, adds, reject_files if backfill else [], rj_lease)
+        commit.commit(storage, rj_uri, run_id, adds, reject_files if backfill else [], leases[rj_uri])
     for r in fresh:
         log.warning("rejected %s (score): %s", r["source_uri"], r["reason"])
