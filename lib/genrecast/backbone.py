@@ -152,9 +152,10 @@ def samples_to_patches(y: np.ndarray, profile: AudioProfile = MUSICNN_PROFILE) -
     """Mono samples -> ``(n_patches, frames, n_mels)`` float32 backbone input.
 
     Consecutive patches without overlap from the first frame, as musicnn's ``batch_data`` cuts
-    them (a tail shorter than a patch is dropped). Differences from musicnn's extractor: the mel
-    power stays float32 (musicnn casts it to float16 first, which saturates to inf above 6.55:
-    loud low bands), and librosa >= 0.10 pads the centred STFT with zeros, not reflection.
+    them (a tail shorter than a patch is dropped). One difference from musicnn's extractor: the
+    mel power stays float32 (musicnn rounds it to float16 first); tag probabilities of the two
+    paths agree within 1e-4 on rendered music (tests/test_backbone.py). The models were trained
+    with an older librosa whose centred STFT padded by reflection, not zeros: edge frames only.
     """
     logmel = log_compress(mel_power(y, profile), profile)
     starts = range(0, logmel.shape[0] - profile.frames + 1, profile.frames)
@@ -342,13 +343,16 @@ def load_checkpoint_weights(model: Any, spec: BackboneSpec) -> None:
         raise ValueError(f"{spec.checkpoint}: variables not mapped to a layer: {', '.join(unused)}")
 
 
-def build_backbone(name: str, frames: int | None = None) -> Any:
+def build_backbone(name: str, any_length: bool = False) -> Any:
     """The pretrained tagger ``name`` (see :data:`BACKBONES`) as a tf-keras model, weights loaded.
 
-    ``frames``: input length (default the trained patch length; musicnn also takes ``None``).
+    Input ``(batch, 187, 96)``; ``any_length``: ``(batch, None, 96)`` (musicnn models only, which
+    pool over time; they were trained on 187 frames).
     """
     spec = backbone_spec(name)
-    frames = spec.profile.frames if frames is None else frames
+    frames = None if any_length else spec.profile.frames
+    if any_length and spec.arch != "musicnn":
+        raise ValueError(f"backbone {name} takes {spec.profile.frames} frames only")
     if spec.arch == "musicnn":
         model = build_musicnn(len(spec.tags), frames, spec.profile.n_mels)
     else:
