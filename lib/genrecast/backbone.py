@@ -1,6 +1,6 @@
 """Pretrained music backbones: musicnn's taggers rebuilt in tf-keras, weights from its wheel.
 
-Source: ``musicnn`` 0.1.0 (Jordi Pons, Xavier Serra et al., Music Technology Group, Universitat
+Source: ``musicnn`` 0.1.0 (Jordi Pons and Xavier Serra, Music Technology Group, Universitat
 Pompeu Fabra; ISC licence), a pinned dependency whose wheel ships the trained TF1 checkpoints;
 nothing is downloaded at run time. The taggers predict 50 tags (Million Song Dataset last.fm
 tags for ``*-msd``, MagnaTagATune tags for ``*-mtt``) from one 3 s patch of log-compressed mel
