@@ -4,9 +4,9 @@ Source: ``musicnn`` 0.1.0 (Jordi Pons and Xavier Serra, Music Technology Group, 
 Pompeu Fabra; ISC licence), a pinned dependency whose wheel ships the trained TF1 checkpoints;
 nothing is downloaded at run time. The taggers predict 50 tags (Million Song Dataset last.fm
 tags for ``*-msd``, MagnaTagATune tags for ``*-mtt``) from one 3 s patch of log-compressed mel
-power. musicnn's own code builds TF1 graphs (``tf.compat.v1.layers``) that need eager execution
-off for the whole process; the Keras models here are the same functions, layer for layer, so
-they run eagerly, save as ``.keras`` and train under a ``tf.distribute`` strategy.
+power. musicnn's own code builds TF1 graphs (``tf.compat.v1.layers``, sessions; its extractor
+switches eager execution off for the whole process on import); the Keras models here compute
+the same functions, layer for layer, eagerly or in a ``tf.function``, and save as ``.keras``.
 
 Input (:data:`MUSICNN_PROFILE`): mono audio at 16 kHz, centred STFT with n_fft 512 (periodic
 Hann) and hop 256, power, 96 Slaney-normalised mel bands (librosa's defaults), then
