@@ -121,7 +121,8 @@ def test_profile_mismatch_is_refused_in_one_line(audio, problem):
         assert line is not None and "\n" not in line and line.startswith(f"backbone {name} ")
         assert all(p in line for p in problem), line
         assert line.count("audio.") == len(problem)
-        with pytest.raises(ConfigError, match="needs 16 kHz audio"):
+        trained = r"needs the audio it was trained on \(16 kHz, n_fft 512, hop 256, 96 mels, 3 s clips\)"
+        with pytest.raises(ConfigError, match=trained):
             backbone.check_profile(audio, name)
 
 

@@ -118,10 +118,13 @@ def profile_mismatch(audio: AudioConf, backbone: str = "musicnn-msd") -> str | N
     wrong = [f"audio.{k} {getattr(audio, k)} (needs {v})" for k, v in want.items() if getattr(audio, k) != v]
     # Frames count hops: only comparable once the sample rate and hop fit.
     if not wrong and not profile.frames <= audio.clip_frames <= profile.frames + 1:
-        wrong.append(f"audio.clip_seconds {audio.clip_seconds:g} ({audio.clip_frames} frames; needs 3)")
+        seconds = profile.audio_conf().clip_seconds
+        wrong.append(f"audio.clip_seconds {audio.clip_seconds:g} ({audio.clip_frames} frames; needs {seconds:g})")
     if not wrong:
         return None
-    return f"backbone {backbone} needs 16 kHz audio as it was trained on: {'; '.join(wrong)}"
+    trained = (f"{profile.sample_rate / 1000:g} kHz, n_fft {profile.n_fft}, hop {profile.hop_length}, "
+               f"{profile.n_mels} mels, {profile.audio_conf().clip_seconds:g} s clips")  # fmt: skip
+    return f"backbone {backbone} needs the audio it was trained on ({trained}): {'; '.join(wrong)}"
 
 
 def check_profile(audio: AudioConf, backbone: str) -> None:
