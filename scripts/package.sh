@@ -48,6 +48,7 @@ if [[ "${ENV_ARCHIVE:-0}" == "1" ]]; then
   rm -rf "$env_dir"
   "${ENV_PYTHON:-python3.11}" -m venv "$env_dir"
   "$env_dir/bin/python" -m pip install -q --disable-pip-version-check -r requirements.lock "$wheel"
+  "$env_dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   if command -v venv-pack >/dev/null; then
     venv-pack -p "$env_dir" -o "$DIST/genrecast-env.tar.gz" --force
   else

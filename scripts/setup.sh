@@ -19,7 +19,7 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 stamp=.venv/.genrecast-setup
-want=$(cat requirements.lock setup.py | sha256sum | cut -c1-16)
+want=$(cat requirements.lock requirements-nodeps.txt setup.py | sha256sum | cut -c1-16)
 if [[ -f $stamp && "$(cat $stamp)" == "$want" ]]; then
   exit 0
 fi
@@ -27,6 +27,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip==24.3.1
 echo "setup: installing Python packages from requirements.lock"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+# Packages whose declared dependencies contradict the lock (see the file): their files only.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "$want" > $stamp
 echo "setup: done ($(.venv/bin/python --version), genrecast $(.venv/bin/python -c 'import genrecast; print(genrecast.__version__)'))"

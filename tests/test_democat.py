@@ -72,6 +72,21 @@ def test_plan_is_deterministic_and_covers_every_genre_family_and_format():
             assert p.arrangement in {"score", *democat.ARRANGEMENTS} and -2 <= p.transpose <= 2
 
 
+def test_artist_is_the_mma_library_plus_kit_or_the_composer():
+    # A zoom library's drum patterns share its bass/chord kit: one artist, not one per pattern.
+    plans = plan_tracks(ALL_GENRES, 20, seed=0)
+    for p in plans:
+        if p.renderer == "mma":
+            library = p.source[0].rsplit(":", 1)[0]
+            assert p.artist == f"mma:{library}" + (f"+{p.arrangement}" if p.arrangement else "")
+        else:
+            assert p.artist.startswith("music21:") and "+" not in p.artist
+    zoom_hiphop = {p.source[0] for p in plans if p.artist == "mma:zoom/hiphop+hiphop"}
+    assert len(zoom_hiphop) >= 2  # several drum patterns, one artist
+    for genre in ALL_GENRES:  # enough artists per genre for a stratified split by artist
+        assert len({p.artist for p in plans if p.genre == genre}) >= 4
+
+
 def test_more_tracks_only_add_tracks():
     assert plan_tracks(["jazz", "rock"], 5, seed=1)[:5] == plan_tracks(["jazz", "rock"], 8, seed=1)[:5]
 

@@ -16,8 +16,9 @@ runs every external tool under a time and file-size limit, ends every MIDI with 
 MIDI. The same seed gives byte-identical files (mma gets a fixed RndSeed, Ogg a fixed stream
 serial). Renders can be cached in a local folder keyed by everything that decides them. Layout:
 ``<audio_uri>/<genre>/<genre>-<NNN>.<wav|flac|ogg|mp3>`` plus ``labels.csv``
-(``track_id,genre,artist``; artist = the groove family or composer, e.g. ``mma:stdlib/swing``,
-``music21:bach``, so a train/test split by artist keeps a family on one side).
+(``track_id,genre,artist``; artist = the mma library file, plus the bass/chord kit added to a
+drum-only groove, or the composer: ``mma:stdlib/swing``, ``mma:zoom/hiphop+hiphop``,
+``music21:bach``, so a train/test split by artist keeps one library's sound on one side).
 
 Besides the per-genre tracks, a *cover pair* (:func:`plan_covers`): one song - the same melody,
 chord progression, key and tempo - played over a pop groove and over a reggae groove,
@@ -95,7 +96,7 @@ class MmaStyle:
     tempo: tuple[int, int]  # quarter notes per minute, inclusive range
     beats: int = 4  # quarter-note beats per bar
     kits: tuple[str, ...] = ()  # KITS added to drum-only grooves (one picked per track)
-    family_per_groove: bool = False  # distinct drum patterns in one file: a family each
+    family_per_groove: bool = False  # distinct drum patterns in one file: one groove per track
 
 
 @dataclass(frozen=True)
@@ -574,7 +575,7 @@ class TrackPlan:
 
     track_id: str  # "<genre dir>/<genre dir>-NNN"
     genre: str  # as configured (labels.csv spelling)
-    artist: str  # groove family or composer: "mma:stdlib/swing", "music21:bach"
+    artist: str  # mma library [+ kit] or composer: "mma:stdlib/swing", "mma:zoom/pop+pop", "music21:bach"
     ext: str  # output format: wav | flac | ogg | mp3
     renderer: str  # "mma" | "music21"
     source: tuple[str, ...]  # mma: "lib/file:Groove" per section; music21: (corpus path,)
@@ -662,16 +663,17 @@ def plan_tracks(genres: Sequence[str], tracks_per_genre: int, seed: int) -> list
             }
             if isinstance(style, MmaStyle):
                 first, second = rng.choice(style.grooves), rng.choice(style.grooves)
-                family = f"mma:{style.name}" + (f":{first}" if style.family_per_groove else "")
                 if style.family_per_groove:
                     second = first
                 key = rng.choice(recipe.keys)
+                tempo = rng.randint(*style.tempo)
+                progression = progression_chords(rng.choice(recipe.progressions), key)
+                kit = rng.choice(style.kits) if style.kits else ""
                 plans.append(TrackPlan(
-                    artist=family, renderer="mma",
+                    artist=f"mma:{style.name}" + (f"+{kit}" if kit else ""), renderer="mma",
                     source=(f"{style.name}:{first}", f"{style.name}:{second}"),
-                    tempo=rng.randint(*style.tempo), beats=style.beats, key=key,
-                    progression=progression_chords(rng.choice(recipe.progressions), key),
-                    arrangement=rng.choice(style.kits) if style.kits else "", transpose=0, **common,
+                    tempo=tempo, beats=style.beats, key=key, progression=progression,
+                    arrangement=kit, transpose=0, **common,
                 ))
             else:
                 path, qpm = rng.choice(style.works)

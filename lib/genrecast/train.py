@@ -158,7 +158,7 @@ def _labelled_tracks(cfg: Config, spark: Any, files: list[str]) -> tuple[list[La
     for track_id, sha, genre, _file in sorted(set((r[0], r[1], r[2], "") for r in rows)):
         if genre in known:
             artist = labels[track_id].artist if track_id in labels else None
-            tracks.append(LabelledTrack(track_id, genre, artist))
+            tracks.append(LabelledTrack(track_id, genre, artist, sha))
             fingerprint.update(f"{track_id}\0{sha}\0{genre}\n".encode())
     return tracks, fingerprint.hexdigest(), Counter(t.genre for t in tracks)
 

@@ -1,0 +1,131 @@
+"""Pretrained backbone: the tf-keras rebuild of musicnn's taggers against musicnn's own TF1 graph
+on rendered music (the demo catalogue's renderers, no downloads), the input path against librosa
+and the ingest's dB clips, and the audio profile check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from genrecast import backbone, democat
+from genrecast.audio import decode_audio
+from genrecast.config import AudioConf
+from genrecast.errors import ConfigError
+from genrecast.features import log_mel_clips
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "musicnn_reference.py")
+SECONDS = 7.0  # per render: two whole 187-frame patches each
+TESTED = ("musicnn-msd", "vgg-msd")
+
+
+def _have_renderers() -> bool:
+    try:
+        democat.find_tools()
+        import music21  # noqa: F401
+    except Exception:  # noqa: BLE001 - any missing tool: skip with the reason below
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _have_renderers(), reason="mma, fluidsynth, a GM soundfont and music21 needed")
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory) -> dict:
+    """A rock groove (mma) then a Haydn quartet excerpt (music21), rendered by fluidsynth into
+    one wav file; its samples at 16 kHz via genrecast's decoder; musicnn's graph run on them."""
+    tmp = tmp_path_factory.mktemp("backbone")
+    tools = democat.find_tools()
+    plans = [p for p in democat.plan_tracks(["rock", "classical"], 1, seed=0)]
+    assert [p.renderer for p in plans] == ["mma", "music21"]
+    pcm = np.concatenate([democat.render_pcm(p, SECONDS, tools) for p in plans])
+    wav = tmp / "music.wav"
+    sf.write(wav, pcm, democat.SAMPLE_RATE)
+    y = decode_audio(wav.read_bytes(), "wav", backbone.MUSICNN_PROFILE.sample_rate)
+    patches = backbone.samples_to_patches(y)
+    assert patches.shape == (4, 187, 96)
+    np.save(tmp / "patches.npy", patches)
+    checkpoints = [backbone.BACKBONES[b].checkpoint for b in TESTED]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, REFERENCE, str(tmp / "patches.npy"), str(tmp / "ref.npz"), *checkpoints, "--wav", str(wav)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"y": y, "patches": patches, "ref": dict(np.load(tmp / "ref.npz"))}
+
+
+@pytest.mark.parametrize("name", TESTED)
+def test_keras_model_matches_musicnn_graph(music, name):
+    ckpt = backbone.BACKBONES[name].checkpoint
+    model = backbone.build_backbone(name)
+    probs = model.predict(music["patches"], verbose=0)
+    ref = music["ref"][f"{ckpt}/tags"]
+    assert probs.shape == ref.shape == (4, 50)
+    assert np.abs(probs - ref).max() < 1e-3
+    assert ref.std(axis=0).max() > 0.05  # the patches differ in what the tagger hears
+    # musicnn's own extractor (its librosa spectrogram, rounded to float16) on the wav file.
+    assert np.abs(probs - music["ref"][f"{ckpt}/extractor/0"]).max() < 1e-3
+    if name.startswith("musicnn"):
+        layers = ("penultimate", "max_pool", "mean_pool")
+        features = backbone.feature_model(model, layers).predict(music["patches"], verbose=0)
+        for layer, ours in zip(layers, features, strict=True):
+            theirs = music["ref"][f"{ckpt}/{layer}"]
+            assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, np.abs(theirs).max()), layer
+
+
+def test_input_is_librosa_melspectrogram_log_compressed(music):
+    import librosa
+
+    y = music["y"][: 16000 * 4]
+    power = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, hop_length=256, n_mels=96)  # musicnn's call
+    want = np.log10(1 + 10000 * power).T[:187]
+    assert np.abs(backbone.samples_to_patches(y)[0] - want).max() < 1e-4
+
+
+def test_dataset_clips_convert_to_the_same_input(music):
+    # The ingest stores dB clips of the configured audio profile; 3 s clips hold 188 frames.
+    clips_db = log_mel_clips(music["y"], backbone.MUSICNN_PROFILE.audio_conf())
+    assert clips_db.shape[1:] == (96, 188)
+    converted = backbone.clips_to_backbone_input(clips_db)
+    assert converted.shape[1:] == (187, 96)
+    assert np.abs(converted[0] - music["patches"][0]).max() < 1e-4  # both start at frame 0
+    with pytest.raises(ValueError, match="do not fit"):
+        backbone.clips_to_backbone_input(clips_db[:, :64])
+
+
+@pytest.mark.parametrize(
+    ("audio", "problem"),
+    [
+        (backbone.MUSICNN_PROFILE.audio_conf(), None),
+        (AudioConf(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, clip_seconds=2.98), None),  # 187 frames
+        (AudioConf(), ["audio.sample_rate 22050 (needs 16000)", "audio.n_fft 2048 (needs 512)",
+                       "audio.hop_length 512 (needs 256)", "audio.n_mels 128 (needs 96)"]),
+        (AudioConf(sample_rate=16000, n_fft=512, hop_length=256, n_mels=64), ["audio.n_mels 64 (needs 96)"]),
+        (AudioConf(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, clip_seconds=5.0),
+         ["audio.clip_seconds 5 (313 frames; needs 3)"]),
+    ],
+)  # fmt: skip
+def test_profile_mismatch_is_refused_in_one_line(audio, problem):
+    for name in backbone.BACKBONES:
+        line = backbone.profile_mismatch(audio, name)
+        if problem is None:
+            assert line is None
+            backbone.check_profile(audio, name)
+            continue
+        assert line is not None and "\n" not in line and line.startswith(f"backbone {name} ")
+        assert all(p in line for p in problem), line
+        assert line.count("audio.") == len(problem)
+        trained = r"needs the audio it was trained on \(16 kHz, n_fft 512, hop 256, 96 mels, 3 s clips\)"
+        with pytest.raises(ConfigError, match=trained):
+            backbone.check_profile(audio, name)
+
+
+def test_unknown_backbone_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown backbone 'musicnn'.*musicnn-msd"):
+        backbone.profile_mismatch(AudioConf(), "musicnn")
