@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 USER_PYSPARK_PYTHON := $(PYSPARK_PYTHON)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup test lint demo ingest bench bench-ingest bench-score package submit notebooks clean
+.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory package submit notebooks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,13 +26,16 @@ ingest: setup
 demo: setup
 	@bash scripts/demo.sh $(CONF)
 
-bench: bench-ingest bench-score
+bench: bench-ingest bench-score bench-decode-memory
 
 bench-ingest: setup
 	$(PY) bench/ingest.py
 
 bench-score: setup
 	$(PY) bench/score.py
+
+bench-decode-memory: setup
+	$(PY) bench/decode_memory.py
 
 # dist/: the genrecast wheel and genrecast.zip for --py-files (ENV_ARCHIVE=1: a packed venv too).
 package: setup

@@ -101,7 +101,7 @@ def test_log_mel_in_stft_blocks_equals_the_whole_track(n):
 
 
 RSS_PROBE = """
-import resource, sys
+import sys
 from genrecast.audio import AudioRejected
 from genrecast.config import AudioConf, IngestConf
 from genrecast.features import track_clips
@@ -111,7 +111,9 @@ try:
     print("accepted", track_clips(data, sys.argv[1], AudioConf(), IngestConf()).shape)
 except AudioRejected as exc:
     print("rejected:", exc)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB
+# VmHWM, not getrusage's ru_maxrss: that one survives exec, so it would report the forking pytest
+# process's size (1.6 GB in the full suite) instead of this one's.
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))  # KiB
 """
 
 
@@ -162,7 +164,7 @@ def test_memory_error_fails_the_task_and_is_never_a_reject(tmp_path, monkeypatch
     cfg = write_config(tmp_path)
     task = TrackTask("a", str(write_audio(tmp_path / "audio" / "a.wav", tone(4.0))))
     monkeypatch.setattr(ingest, "usable_samples", _raise(exc))
-    monkeypatch.setattr(features, "track_clips", _raise(exc))  # score and classify import it late
+    monkeypatch.setattr(features, "track_clips_and_length", _raise(exc))  # score and classify import it late
     monkeypatch.setattr(registry, "resolve_model_id", lambda cfg, spec: "m")  # classify: no model needed
     monkeypatch.setattr(registry, "read_model_json", lambda cfg, model_id: {"genres": ["rock"], "audio": {}})
     monkeypatch.setattr(registry, "check_audio_params", lambda meta, audio, model_id: None)

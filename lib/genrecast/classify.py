@@ -33,7 +33,7 @@ DECIMALS = 6  # float32 carries ~7 significant digits; more in the output would 
 def _read_clips(storage: Storage, cfg: Config, path: str) -> tuple[np.ndarray, int]:
     """(n_clips, n_mels, clip_frames) float32 dB of one file and its length in samples at
     ``audio.sample_rate`` (for the clip times); raises with a one-line reason."""
-    from genrecast.features import log_mel_clips, usable_samples
+    from genrecast.features import track_clips_and_length
 
     try:
         data = storage.read_bytes(path)
@@ -43,9 +43,7 @@ def _read_clips(storage: Storage, cfg: Config, path: str) -> tuple[np.ndarray, i
         raise AudioRejected("is a directory, not an audio file") from None
     except PermissionError:
         raise AudioRejected("permission denied") from None
-    # features.track_clips, with the sample count kept: the same decode + mel path.
-    y = usable_samples(data, path, cfg.audio, cfg.ingest)
-    return log_mel_clips(y, cfg.audio), len(y)
+    return track_clips_and_length(data, path, cfg.audio, cfg.ingest)
 
 
 def _result(path: str, genres: list[str], probs: np.ndarray, n_clips: int) -> dict[str, Any]:

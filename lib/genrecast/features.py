@@ -145,13 +145,20 @@ def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) 
     return y
 
 
-def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
-    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB.
+def track_clips_and_length(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> tuple[np.ndarray, int]:
+    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB, and the
+    decoded length in samples at ``audio.sample_rate`` (the clip times need it).
 
     The single decode + mel path shared by ingest, score and classify, so a model always sees
     clips made exactly as its training clips were. Raises :class:`AudioRejected`.
     """
-    return log_mel_clips(usable_samples(data, uri, audio, ingest), audio)
+    y = usable_samples(data, uri, audio, ingest)
+    return log_mel_clips(y, audio), len(y)
+
+
+def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
+    """:func:`track_clips_and_length` without the length."""
+    return track_clips_and_length(data, uri, audio, ingest)[0]
 
 
 def warm_up(params: AudioConf) -> None:

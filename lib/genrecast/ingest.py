@@ -128,11 +128,14 @@ def stage_metadata(
     ds_uri = mels_uri(cfg)
     meta_uri = join(ds_uri, METADATA)
     state = commit.read_state(storage, ds_uri)
-    current = storage.read_versioned(meta_uri) if storage.exists(meta_uri) else None
+    current = storage.read_versioned(meta_uri)
     trusted = current is not None and hashlib.sha256(current[0]).hexdigest() == state.get(METADATA_SHA_KEY)
     if trusted and not add and not remove:
         return [], {}
-    rel = lambda uri: uri[len(ds_uri) + 1 :]  # noqa: E731
+
+    def rel(uri: str) -> str:
+        return uri[len(ds_uri) + 1 :]
+
     removed = {rel(u) for u in remove}
     if trusted:
         row_groups = {f: n for f, n in metadata_row_groups(current[0]).items() if f not in removed}

@@ -256,7 +256,7 @@ def score_partition(
     """Executor side: fetch, hash, decode + mel (as ingest), run the model over the clips of
     many tracks at once, aggregate per track; write one Parquet file of score rows (and, given
     ``timeline_tmp_prefix``, one of clip rows)."""
-    from genrecast.features import log_mel_clips, usable_samples
+    from genrecast.features import track_clips_and_length
     from genrecast.timeline import clip_times
 
     storage = Storage.from_config(cfg)
@@ -269,11 +269,8 @@ def score_partition(
     def decoded() -> Iterator[tuple[TrackTask, str, np.ndarray]]:
         for task, data, sha in changed_inputs(storage, tasks, res, "score"):
             t = time.perf_counter()
-            try:  # features.track_clips, keeping the sample count
-                y = usable_samples(data, task.uri, cfg.audio, cfg.ingest)
-                clips = log_mel_clips(y, cfg.audio)
-                samples[task.track_id] = len(y)
-                del y
+            try:
+                clips, samples[task.track_id] = track_clips_and_length(data, task.uri, cfg.audio, cfg.ingest)
             except Exception as exc:  # AudioRejected or a decoder bug: a reject; MemoryError: re-raised there
                 res.reject_error(task, "score", exc, sha)
                 continue
