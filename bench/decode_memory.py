@@ -44,8 +44,9 @@ import io, librosa, soundfile as sf
 from genrecast.audio import AudioRejected
 from genrecast.features import log_mel_clips, track_clips
 warm = io.BytesIO()
-sf.write(warm, np.zeros((44100, 2), np.float32) + 0.1, 44100, format="WAV")
+sf.write(warm, 0.1 * np.sin(np.arange(4 * 44100) / 10.0)[:, None].repeat(2, axis=1), 44100, format="WAV")
 track_clips(warm.getvalue(), "warm.wav", audio, ingest)  # imports, filterbank, resampler: off the clock
+librosa.resample(np.zeros(44100, np.float32), orig_sr=44100, target_sr=audio.sample_rate, res_type="soxr_hq")
 t = time.perf_counter()
 outcome = "accepted"
 if mode == "genrecast":
@@ -77,8 +78,8 @@ def make(name: str) -> Path:
     with sf.SoundFile(path, "w", rate, channels, format=fmt, subtype="PCM_16") as f:
         for start in range(0, seconds * rate, block):
             n = min(block, seconds * rate - start)
-            t = (np.arange(n) + t0) / rate
-            tone = 0.3 * np.sign(np.sin(2 * np.pi * 220 * t))  # a square wave: FLAC keeps it small
+            period = rate // 200  # a whole number of samples: FLAC's predictor makes it nearly free
+            tone = np.where((np.arange(n) + t0) % period < period // 2, 0.3, -0.3)
             f.write(np.repeat(tone[:, None], channels, axis=1))
             t0 += n
     return path
