@@ -23,7 +23,8 @@ APPENDS = 4  # ingest runs, each adding one track (one file)
 def test_plan_bins_small_files_by_kind_up_to_the_target():
     mb = 2**20
     files = [
-        (f"/t/part-r1-{i:05d}-of-00002.parquet", 10 * mb) for i in range(2)  # neighbours buckets 0 and 1
+        (f"/t/part-r1-{i:05d}-of-00002.parquet", 10 * mb)
+        for i in range(2)  # neighbours buckets 0 and 1
     ] + [
         ("/t/part-r2-00000-of-00002.parquet", 10 * mb),
         ("/t/part-r2-00001-of-00002.parquet", 10 * mb),
@@ -49,13 +50,13 @@ def test_plan_bins_small_files_by_kind_up_to_the_target():
 
 
 def _appended(tmp_path, spark, extra: str = "", appends: int = APPENDS):
-    """A mel dataset built by ``appends`` ingest runs of one new 6.5 s track each (three clips)."""
+    """A mel dataset built by ``appends`` ingest runs of one new 12.5 s track each."""
     cfg = write_config(
         tmp_path, "ingest: {tracks_per_partition: 3, row_group_size_mb: 1}\ncompact: {min_files: 3}\n" + extra
     )
     (tmp_path / "labels.csv").write_text("track_id,genre\n")
     for i in range(appends):
-        write_audio(tmp_path / "audio" / f"g/t{i}.wav", tone(6.5, freq=200 + 50 * i))
+        write_audio(tmp_path / "audio" / f"g/t{i}.wav", tone(12.5, freq=200 + 50 * i))
         assert run_ingest(cfg, spark).tracks_ok == 1
     return cfg
 
@@ -71,7 +72,8 @@ def test_compaction_keeps_every_row_once_in_fewer_files(tmp_path, spark):
     cfg = _appended(tmp_path, spark)
     uri = mels_uri(cfg)
     before, files_before = _rows(cfg), commit.table_files(Storage(), uri)
-    assert len(files_before) == APPENDS and before.num_rows == 3 * APPENDS
+    per_group = mel_rows_per_group(cfg.audio, cfg.ingest)
+    assert len(files_before) == APPENDS and before.num_rows > per_group  # so the merged file needs 2+ row groups
 
     summary = run_compact(cfg, spark, table="mels")
     (result,) = summary.tables
@@ -84,7 +86,6 @@ def test_compaction_keeps_every_row_once_in_fewer_files(tmp_path, spark):
     assert len(keys) == len(set(keys))
 
     footer = pq.read_metadata(files[0])  # ingest's row-group size kept, and Petastorm metadata follows
-    per_group = mel_rows_per_group(cfg.audio, cfg.ingest)
     assert footer.num_row_groups == math.ceil(before.num_rows / per_group)
     meta = Storage().read_bytes(f"{uri}/_common_metadata")
     assert metadata_row_groups(meta) == {files[0][len(uri) + 1 :]: footer.num_row_groups}
