@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pytest
 
 from genrecast import commit
 from genrecast.compact import group_key, plan, run_compact
+from genrecast.config import load_config
 from genrecast.dataset import check_mel_metadata, make_mel_reader, mel_rows_per_group, mels_uri, metadata_row_groups
 from genrecast.ingest import run_ingest
 from genrecast.lease import TableBusy, TableLease
@@ -120,3 +122,37 @@ def test_compaction_of_a_table_another_run_writes_exits_2(tmp_path, spark):
             run_compact(cfg, spark, table="mels")
     assert busy.value.exit_code == 2
     assert len(commit.table_files(Storage(), mels_uri(cfg))) == 1  # untouched
+
+
+@pytest.mark.s3
+def test_compaction_on_s3_keeps_every_clip_in_one_file(tmp_path, spark):
+    from s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path / "weed").start()  # a free loopback port; credentials: the spark fixture's env
+    try:
+        server.client().create_bucket(Bucket="compact")
+        write_config(tmp_path)
+        cfg = load_config(
+            tmp_path / "conf.yaml",
+            environ={
+                "GENRECAST__STORAGE__ROOT": "s3://compact/root",
+                "GENRECAST__STORAGE__S3__ENDPOINT_URL": server.endpoint_url,
+                "GENRECAST__INGEST__TRACKS_PER_PARTITION": "1",  # one file per track
+                "GENRECAST__COMPACT__MIN_FILES": "2",
+            },
+        )
+        (tmp_path / "labels.csv").write_text("track_id,genre\n")
+        for i in range(3):
+            write_audio(tmp_path / "audio" / f"g/t{i}.wav", tone(4, freq=300 + 100 * i))
+        assert run_ingest(cfg, spark).tracks_ok == 3
+        storage = Storage.from_config(cfg)
+        before = len(commit.table_files(storage, mels_uri(cfg)))
+        result = run_compact(cfg, spark, table="mels").tables[0]
+        assert before >= 2 and (result.files_before, result.files_after, result.merged) == (before, 1, before)
+        assert len(commit.table_files(storage, mels_uri(cfg))) == 1
+        with make_mel_reader(cfg, num_epochs=1, workers_count=1, schema_fields=["track_id", "clip_index"]) as reader:
+            keys = collections.Counter((row.track_id, row.clip_index) for row in reader)
+        assert len(keys) == 6 and set(keys.values()) == {1}  # every clip once (two per 4 s track)
+        assert run_ingest(cfg, spark).skipped_unchanged == 3
+    finally:
+        server.stop()
