@@ -4,8 +4,8 @@
 #   scripts/submit.sh JOB [job options...]
 #
 # Prints, then runs (exec) the spark-submit command for a genrecast job: JOB is ingest, train,
-# score or recommend (jobs/JOB.py) or a path to another .py entry point. Exits with the job's
-# status (0 ok, 1 job failure, 2 bad usage or config). Built from:
+# score, recommend, compact or nightly (jobs/JOB.py) or a path to another .py entry point.
+# Exits with the job's status (0 ok, 1 job failure, 2 bad usage or config). Built from:
 #   --master       MASTER, else the config's spark.master
 #   --name         the config's spark.app_name
 #   --conf k=v     every spark.conf entry of the config: settings read only at launch (driver
@@ -29,12 +29,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: scripts/submit.sh JOB [job options]  (JOB: ingest, train, score, recommend or a .py file)"
+usage="usage: scripts/submit.sh JOB [job options]  (JOB: ingest, train, score, recommend, compact, nightly or a .py file)"
 job=${1:-}
 [[ -n "$job" ]] || { echo "$usage" >&2; exit 2; }
 shift
 case "$job" in
-  ingest | train | score | recommend) script=jobs/$job.py ;;
+  ingest | train | score | recommend | compact | nightly) script=jobs/$job.py ;;
   *.py) script=$job ;;
   *) echo "submit: error: unknown job '$job'; $usage" >&2; exit 2 ;;
 esac

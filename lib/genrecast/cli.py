@@ -184,6 +184,26 @@ def cmd_recommend(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.compact import run_compact
+    from genrecast.spark import spark_session
+
+    with spark_session(cfg) as spark:
+        summary = run_compact(cfg, spark, table=args.table, model=args.model)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
+    from genrecast.nightly import run_nightly
+    from genrecast.spark import spark_session
+
+    with spark_session(cfg) as spark:
+        report = run_nightly(cfg, spark, model=args.model, compact=not args.no_compact)
+    print("\n".join(report.lines()))
+    return report.exit_code
+
+
 def cmd_similar(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.recommend import format_similar, similar_for_audio, similar_for_track
 
@@ -344,6 +364,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=["auto", "exact", "hnsw", "ivf"], help="search method (default: recommend.method)"
     )
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser(
+        "compact",
+        parents=[common],
+        help="merge a table's small files into files of about compact.target_file_mb (journalled)",
+        description="For each chosen table that holds at least compact.min_files files smaller than "
+        "compact.target_file_mb: merge them on Spark executors into files of about that size and commit the "
+        "merged files and the removal of the small ones in one journalled step (the mel dataset keeps its "
+        "row-group size and gets new Petastorm metadata in the same step). Rows are unchanged. Holds each "
+        "table's lease in turn: a table another run writes makes it wait up to storage.lease.wait_seconds, "
+        "then exit 2.",
+    )
+    p.add_argument(
+        "--table",
+        choices=["mels", "scores", "timelines", "neighbours", "rejects", "all"],
+        default="all",
+        help="which table (default: all; scores, timelines, neighbours and score rejects are the model's)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="ID",
+        help="model id or 'latest' for the model tables (default: latest; with --table all and no trained "
+        "model, they are left out)",
+    )
+    p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser(
+        "nightly",
+        parents=[common],
+        help="ingest -> score --mode nightly -> recommend -> compact, with one JSON run report",
+        description="Run ingest, score --mode nightly, recommend and compact (where compact.min_files is "
+        "reached) in one Spark session and write <storage.root>/reports/nightly/<run_id>.json: per stage its "
+        "exit code, seconds, counts and summary. A failed stage skips the ones after it. Exit code: the worst "
+        "stage's (0 ok, 1 job failure, 2 bad configuration or a busy table: retry later).",
+    )
+    p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.add_argument("--no-compact", action="store_true", help="leave out the compact stage")
+    p.set_defaults(func=cmd_nightly)
 
     p = sub.add_parser(
         "similar",

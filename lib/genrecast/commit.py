@@ -165,11 +165,16 @@ def read_snapshot(storage: Storage, table_uri: str, read: Callable[[list[str]], 
 
 def table_files(storage: Storage, table_uri: str) -> list[str]:
     """The table's committed Parquet files (not ``_``/``.`` paths such as tmp or metadata)."""
+    return [uri for uri, _size in table_file_sizes(storage, table_uri)]
+
+
+def table_file_sizes(storage: Storage, table_uri: str) -> list[tuple[str, int]]:
+    """``(uri, bytes)`` of each of the table's committed Parquet files (as :func:`table_files`)."""
     out = []
-    for uri, _size in storage.list_files(table_uri):
+    for uri, size in storage.list_files(table_uri):
         rel = uri[len(table_uri.rstrip("/")) + 1 :]
         if rel.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in rel.split("/")):
-            out.append(uri)
+            out.append((uri, size))
     return out
 
 

@@ -174,6 +174,13 @@ class ScoreConf(_Section):
     keep_timeline: bool = False  # also write every clip's prediction to <root>/timelines/model=<id>/
 
 
+class CompactConf(_Section):
+    """`genrecast compact` (and the compact stage of `genrecast nightly`): merge small files."""
+
+    target_file_mb: float = Field(128.0, gt=0)  # merged files are about this size; larger files are left alone
+    min_files: int = Field(16, ge=2)  # a table is compacted once it holds this many files under the target
+
+
 class Config(_Section):
     spark: SparkConf = Field(default_factory=SparkConf)
     storage: StorageConf = Field(default_factory=StorageConf)
@@ -186,6 +193,7 @@ class Config(_Section):
     spotify: SpotifyConf = Field(default_factory=SpotifyConf)
     recommend: RecommendConf = Field(default_factory=RecommendConf)
     score: ScoreConf = Field(default_factory=ScoreConf)
+    compact: CompactConf = Field(default_factory=CompactConf)
 
     @field_validator("genres")
     @classmethod

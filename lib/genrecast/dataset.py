@@ -74,6 +74,13 @@ ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
 METADATA_SHA_KEY = "metadata_sha256"  # in the table's _table.json
 
 
+def mel_rows_per_group(audio: Any, ingest: Any) -> int:
+    """Clips per Parquet row group of the mel dataset: ``ingest.row_group_size_mb`` of float32
+    (n_mels x clip_frames) clips (ingest writes and compaction rewrites with this)."""
+    clip_bytes = audio.n_mels * audio.clip_frames * 4
+    return max(1, ingest.row_group_size_mb * 2**20 // clip_bytes)
+
+
 def petastorm_metadata(unischema: Any, arrow_schema: Any, row_groups: dict[str, int]) -> bytes:
     """``_common_metadata`` bytes as petastorm's ``materialize_dataset`` writes them: the data
     files' Arrow schema with the pickled Unischema and ``{relative path: row groups}``."""

@@ -26,6 +26,7 @@ from genrecast.dataset import (
     METADATA,
     METADATA_SHA_KEY,
     index_dataset,
+    mel_rows_per_group,
     mels_uri,
     metadata_row_groups,
     petastorm_metadata,
@@ -106,8 +107,7 @@ def ingest_partition(
             cols["source_uri"],
             cols["audio_sha256"],
         )
-        clip_bytes = audio.n_mels * audio.clip_frames * 4
-        rows_per_group = max(1, ingest.row_group_size_mb * 2**20 // clip_bytes)
+        rows_per_group = mel_rows_per_group(audio, ingest)
         res.tmp_file = f"{tmp_prefix}/part-{index:05d}.parquet"
         storage.write_parquet(res.tmp_file, table, row_group_size=rows_per_group)
         res.seconds["write"] += time.perf_counter() - t4
