@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from genrecast.config import Config, load_config
-from genrecast.storage import Storage
+from genrecast.storage import FETCH_LOG_ENV, Storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +73,11 @@ def write_audio(path: Path, y: np.ndarray, sr: int = 22050, subtype: str | None 
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Every object read, by the driver or a Python worker, is logged here (see fetches()); set
+    # before the JVM starts, whose environment the workers inherit.
+    os.environ[FETCH_LOG_ENV] = str(tmp_path_factory.mktemp("fetches") / "fetches.log")
     # Executors inherit the environment the JVM starts with: give them the throwaway
     # credentials of the loopback S3 server (tests/s3server.py) through the AWS env chain.
     from s3server import CREDENTIALS
@@ -125,6 +128,22 @@ def trained(tmp_path_factory, spark):
     cfg = write_config(root, f"genres: {TRAINED_GENRES}\ntrain: {{epochs: 2, batch_size: 8, workers: 1}}\n")
     assert run_ingest(cfg, spark).tracks_ok == len(TRAINED_GENRES) * TRAINED_PER_GENRE
     return root, cfg, run_train(cfg, spark, workers=1, epochs=2).model_id
+
+
+@contextlib.contextmanager
+def fetches(prefix: str) -> Iterator[list[str]]:
+    """``with fetches(audio_uri) as got: run_job(...)``; then ``got`` lists the URIs below
+    ``prefix`` that any process read (``Storage.read_bytes`` / ``read_range``) during the block,
+    one entry per read, from the log the ``spark`` fixture turns on."""
+    path = Path(os.environ[FETCH_LOG_ENV])
+    start = path.stat().st_size if path.exists() else 0
+    got: list[str] = []
+    yield got
+    with open(path) if path.exists() else contextlib.nullcontext(None) as fh:
+        if fh is not None:
+            fh.seek(start)
+            lines = fh.read().splitlines()
+            got.extend(u for _op, u in (line.split(" ", 1) for line in lines) if u.startswith(prefix.rstrip("/") + "/"))
 
 
 @contextlib.contextmanager

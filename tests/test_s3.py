@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 from genrecast.config import load_config
-from genrecast.dataset import make_mel_reader, mels_uri, rejects_uri
+from genrecast.dataset import make_mel_reader, manifest_uri, mels_uri, rejects_uri
 from genrecast.ingest import run_ingest
+from genrecast.manifest import read_manifest
 from genrecast.storage import Storage
 
-from conftest import REPO, tone, write_audio
+from conftest import REPO, fetches, tone, write_audio
 from s3server import CREDENTIALS, S3_PORT, SeaweedS3
 
 pytestmark = pytest.mark.s3
@@ -79,8 +80,13 @@ def test_ingest_round_trip_through_s3(s3_config, spark):
 
 
 def test_incremental_rerun_on_s3_adds_nothing(s3_config, spark):
-    again = run_ingest(s3_config, spark)
+    with fetches(s3_config.catalogue.audio_uri) as got:
+        again = run_ingest(s3_config, spark)
     assert (again.tracks_ok, again.skipped_unchanged, again.skipped_rejected) == (0, 4, 1)
+    # The listing's ETags told it nothing changed: no audio object was read.
+    assert got == [] and again.fetched == 0
+    manifest = read_manifest(Storage.from_config(s3_config), manifest_uri(s3_config))
+    assert len(manifest) == 5 and all(e.version.startswith("etag:") for e in manifest.values())
 
 
 def test_credentials_never_reach_logs_or_files(s3_config, spark, caplog):

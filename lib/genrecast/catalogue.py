@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from genrecast.audio import extension_of
-from genrecast.errors import InvalidIdentifier, JobError
+from genrecast.errors import ConfigError, InvalidIdentifier, JobError
 from genrecast.storage import Storage, relative_to, validate_key
 
 
@@ -22,6 +22,7 @@ class Track:
     track_id: str
     uri: str
     size: int
+    version: str = ""  # the listing's ETag / mtime (storage.FileEntry.version)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def list_tracks(storage: Storage, audio_uri: str, extensions: Iterable[str]) -> 
     cannot be a track: unsupported extension, invalid id, or a second file with the same id."""
     allowed = {e.lower().lstrip(".") for e in extensions}
     seen: dict[str, str] = {}
-    for uri, size in storage.list_files(audio_uri):
+    for entry in storage.list_entries(audio_uri):
+        uri = entry.uri
         ext = extension_of(uri)
         if ext not in allowed:
             yield {
@@ -73,7 +75,18 @@ def list_tracks(storage: Storage, audio_uri: str, extensions: Iterable[str]) -> 
             }
             continue
         seen[track_id] = uri
-        yield Track(track_id, uri, size)
+        yield Track(track_id, uri, entry.size, entry.version)
+
+
+def check_deletions(job: str, table_uri: str, deleted: int, known: int, max_share: float, allowed: bool) -> None:
+    """Refuse (:class:`ConfigError`, exit 2) to drop ``deleted`` of a table's ``known`` tracks
+    (gone from the listing) when that is more than ``max_share`` of them, unless ``allowed``."""
+    if deleted and not allowed and deleted > max_share * known:
+        raise ConfigError(
+            f"{job}: {deleted} of the {known} tracks in {table_uri} ({deleted / known:.0%}) are gone from the "
+            f"catalogue listing, more than catalogue.max_delete_share {max_share:g}: refusing to delete them "
+            "(check catalogue.audio_uri, or pass --allow-mass-delete)"
+        )
 
 
 def parse_labels(text: str, source: str, genres: list[str]) -> tuple[dict[str, Label], list[dict]]:

@@ -69,12 +69,24 @@ def cmd_demo_catalogue(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+MASS_DELETE_HELP = (
+    "drop the rows of the tracks gone from the listing even when they are more than "
+    "catalogue.max_delete_share of the table (default: stop with exit 2, tables unchanged)"
+)
+
+
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.ingest import run_ingest
     from genrecast.spark import spark_session
 
     with spark_session(cfg) as spark:
-        summary = run_ingest(cfg, spark, full=args.full, labels_missing_ok=args.labels_missing_ok)
+        summary = run_ingest(
+            cfg,
+            spark,
+            full=args.full,
+            labels_missing_ok=args.labels_missing_ok,
+            allow_mass_delete=args.allow_mass_delete,
+        )
     print("\n".join(summary.lines()))
     return 0
 
@@ -114,7 +126,7 @@ def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.spark import spark_session
 
     with spark_session(cfg) as spark:
-        summary = run_score(cfg, spark, mode=args.mode, model=args.model)
+        summary = run_score(cfg, spark, mode=args.mode, model=args.model, allow_mass_delete=args.allow_mass_delete)
     print("\n".join(summary.lines()))
     return 0
 
@@ -263,9 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="decode the catalogue into the Petastorm mel dataset (incremental)",
         description="List catalogue.audio_uri, join catalogue.labels_uri, and write one row per "
-        "clip to <storage.root>/datasets/mels (Petastorm). Incremental: tracks whose audio and "
-        "label are unchanged are skipped. Unusable inputs go to <storage.root>/rejects/job=ingest. One "
-        "writer at a time: a second ingest waits up to storage.lease.wait_seconds, then exits 2.",
+        "clip to <storage.root>/datasets/mels (Petastorm). Incremental: a track whose listing entry "
+        "(size + ETag or mtime), label and feature settings match the catalogue manifest "
+        "(<storage.root>/manifest) is not read at all; a changed entry is read and hashed, and decoded "
+        "only if its bytes changed. Tracks gone from the listing lose their rows. Unusable inputs go to "
+        "<storage.root>/rejects/job=ingest. One writer at a time: a second ingest waits up to "
+        "storage.lease.wait_seconds, then exits 2.",
     )
     p.add_argument("--full", action="store_true", help="re-ingest every track and replace the dataset")
     p.add_argument(
@@ -274,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="go on (unlabelled) when catalogue.labels_uri is missing or unreadable although the dataset holds "
         "labelled tracks; without it ingest stops with exit 2 rather than erase their genres",
     )
+    p.add_argument("--allow-mass-delete", action="store_true", help=MASS_DELETE_HELP)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -299,12 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="genre, probabilities and embedding per catalogue track (nightly or backfill)",
         description="Decode catalogue.audio_uri with ingest's decode + mel code, run the model on executors "
         "(loaded once per worker), write <storage.root>/scores/model=<id>/. nightly: tracks without a score "
-        "from this model or whose audio changed; backfill: every track, replacing the table. Re-runs never "
+        "from this model or whose audio changed (a track whose listing entry matches the catalogue manifest "
+        "with the scored audio is not read); backfill: every track, replacing the table. Tracks gone from "
+        "the listing lose their rows. Re-runs never "
         "duplicate rows. Rejects go to <storage.root>/rejects/job=score/model=<id>. One writer per table: a "
         "second score run of the same model waits up to storage.lease.wait_seconds, then exits 2.",
     )
     p.add_argument("--mode", choices=["nightly", "backfill"], required=True)
     p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
+    p.add_argument("--allow-mass-delete", action="store_true", help=MASS_DELETE_HELP)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(

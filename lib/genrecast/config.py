@@ -75,6 +75,10 @@ class StorageConf(_Section):
 class CatalogueConf(_Section):
     audio_uri: str = "data/catalogue/audio"
     labels_uri: str | None = "data/catalogue/labels.csv"
+    # ingest / score drop the rows of tracks gone from the listing, but stop (exit 2) when that
+    # would be more than this share of a table's tracks, unless --allow-mass-delete: an empty or
+    # wrong listing must never wipe a table.
+    max_delete_share: float = Field(0.05, ge=0, le=1)
 
     _uris = field_validator("audio_uri", "labels_uri")(_uri)
 

@@ -28,6 +28,11 @@ def mels_uri(cfg: Config) -> str:
     return join(cfg.storage.root, "datasets", "mels")
 
 
+def manifest_uri(cfg: Config) -> str:
+    """The catalogue manifest (:mod:`genrecast.manifest`), written by ingest."""
+    return join(cfg.storage.root, "manifest")
+
+
 def rejects_uri(cfg: Config, job: str | None = None, model_id: str | None = None) -> str:
     """``<root>/rejects`` (all jobs, read as one hive-partitioned dataset), or one job's own
     table: ``rejects/job=ingest``, ``rejects/job=score/model=<id>`` (one writer each)."""
@@ -52,20 +57,27 @@ def neighbours_uri(cfg: Config, model_id: str) -> str:
 
 
 def previous_rejects(
-    storage: Storage, uri: str, prefix: str
-) -> tuple[list[str], dict[str, str], set[tuple[str, str, str]]]:
+    storage: Storage, uri: str, prefix: str, features_key: str | None = None
+) -> tuple[list[str], dict[str, str], set[tuple[str, str, str, str | None]]]:
     """A job's earlier rejects (files ``<prefix>*.parquet`` under ``uri``): (the files, sha256 of
-    each rejected source, (source, stage, reason) keys) - so that an unchanged bad file is not
-    decoded again, nor reported twice."""
+    each source rejected under ``features_key``, (source, stage, reason, features_key) keys) - so
+    that an unchanged bad file is not decoded again, nor reported twice, while one rejected
+    under other feature settings (or before keys existed) is retried."""
     files = [f for f in commit.table_files(storage, uri) if f.rsplit("/", 1)[-1].startswith(prefix)]
     shas: dict[str, str] = {}
-    keys: set[tuple[str, str, str]] = set()
+    keys: set[tuple[str, str, str, str | None]] = set()
     for f in files:
         for row in storage.read_parquet(f).to_pylist():
-            keys.add((row["source_uri"], row["stage"], row["reason"]))
-            if row["audio_sha256"]:
+            key = row.get("features_key")
+            keys.add((row["source_uri"], row["stage"], row["reason"], key))
+            if row["audio_sha256"] and key == features_key:
                 shas[row["source_uri"]] = row["audio_sha256"]
     return files, shas, keys
+
+
+def reject_key(row: dict) -> tuple[str, str, str, str | None]:
+    """The key of a rejects row in :func:`previous_rejects`."""
+    return row["source_uri"], row["stage"], row["reason"], row.get("features_key")
 
 
 METADATA = "_common_metadata"

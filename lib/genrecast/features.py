@@ -16,6 +16,11 @@ import numpy as np
 from genrecast.audio import check_usable, decode_audio, extension_of
 from genrecast.config import AudioConf, IngestConf
 
+# Bump when the decode / mel / clip code changes its output: every track is then re-ingested, and
+# rejects made by the old code are retried (see features_key).
+FEATURES_VERSION = 1
+INGEST_FEATURE_SETTINGS = ("max_seconds", "silence_peak_dbfs", "silence_rms_dbfs")
+
 AMIN = 1e-10
 DB_FLOOR = 10.0 * math.log10(AMIN)  # -100 dB: digital silence
 
@@ -125,6 +130,22 @@ def mfcc_stats(mel_db: np.ndarray, n_mfcc: int = 20) -> np.ndarray:
 
     mfcc = scipy.fft.dct(mel_db, axis=0, type=2, norm="ortho")[:n_mfcc]
     return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)]).astype(np.float32)
+
+
+def features_key(audio: AudioConf, ingest: IngestConf) -> str:
+    """What decides a track's clips (or its reject): ``v<FEATURES_VERSION>-<12 hex>``, the hex a
+    sha256 of the audio settings and the ingest limits (``INGEST_FEATURE_SETTINGS``). Stored in
+    the catalogue manifest, rejects rows and model.json; a track made under another key is
+    processed again."""
+    import hashlib
+    import json
+
+    settings = {
+        "audio": audio.model_dump(),
+        "ingest": {k: getattr(ingest, k) for k in INGEST_FEATURE_SETTINGS},
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"v{FEATURES_VERSION}-{digest}"
 
 
 def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:

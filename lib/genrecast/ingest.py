@@ -20,26 +20,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genrecast import commit, lease
-from genrecast.catalogue import Label, Track, list_tracks, load_labels
+from genrecast.catalogue import Label, Track, check_deletions, list_tracks, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
 from genrecast.dataset import (
     METADATA,
     METADATA_SHA_KEY,
     index_dataset,
+    manifest_uri,
     mel_rows_per_group,
     mels_uri,
     metadata_row_groups,
     petastorm_metadata,
     previous_rejects,
+    reject_key,
     rejects_uri,
 )
 from genrecast.errors import ConfigError, JobError
-from genrecast.features import log_mel_clips, usable_samples, warm_up
+from genrecast.features import features_key, log_mel_clips, usable_samples, warm_up
+from genrecast.manifest import Entry, read_manifest, write_manifest
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join
 from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
 
 log = logging.getLogger(__name__)
+# In the dataset's _table.json: the features_key of the rows its last commit added (for rows whose
+# manifest row is missing because a run was killed between the two commits).
+FEATURES_KEY = "features_key"
 
 
 @dataclass
@@ -116,10 +122,11 @@ def ingest_partition(
 
 def stage_metadata(
     spark: Any, storage: Storage, cfg: Config, run_id: str, add: list[tuple[str, str]], remove: list[str]
-) -> tuple[list[tuple[str, str]], dict[str, str]]:
+) -> tuple[list[tuple[str, str]], dict[str, str | None]]:
     """Stage the ``_common_metadata`` valid for the table as it will be after this commit (the
     current files minus ``remove`` plus the finals of ``add``): ``([(tmp, final)], state)`` for
-    :func:`genrecast.commit.commit`, or ``([], {})`` when the committed metadata already fits.
+    :func:`genrecast.commit.commit`, ``([], {})`` when the committed metadata already fits, or
+    ``([], {METADATA_SHA_KEY: None})`` when no file is left (the caller removes the metadata).
 
     Row groups of files already committed come from the committed metadata (its hash checked);
     only new files' footers are read (two range reads each). A dataset without a trusted
@@ -154,8 +161,8 @@ def stage_metadata(
         footer = storage.parquet_metadata(tmp)
         row_groups[rel(final)] = footer.num_row_groups
         arrow_schema = arrow_schema or footer.schema.to_arrow_schema()
-    if not row_groups:
-        return [], {}
+    if not row_groups:  # an emptied table (every track deleted): its metadata goes too
+        return [], ({METADATA_SHA_KEY: None} if current is not None else {})
     if arrow_schema is None:  # only removals: same schema as before
         import pyarrow.parquet as pq
 
@@ -201,11 +208,15 @@ class IngestSummary:
     rejected: Counter = field(default_factory=Counter)  # by stage
     skipped_unchanged: int = 0
     skipped_rejected: int = 0
+    fetched: int = 0  # audio files read (the rest were known unchanged from the manifest)
+    deleted: int = 0  # tracks gone from the listing, their rows dropped
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     stage_seconds: Counter = field(default_factory=Counter)
     dataset_uri: str = ""
     rejects_uri: str = ""
+    manifest_uri: str = ""
+    features_key: str = ""
 
     def lines(self) -> list[str]:
         rej = sum(self.rejected.values())
@@ -216,8 +227,10 @@ class IngestSummary:
             f"  rejected {rej}" + (f" ({by_stage})" if rej else ""),
             f"  skipped {self.skipped_unchanged + self.skipped_rejected} "
             f"({self.skipped_unchanged} unchanged, {self.skipped_rejected} previously rejected)",
+            f"  fetched {self.fetched} audio file(s); deleted {self.deleted} (gone from the catalogue)",
             f"  dataset {self.dataset_uri}",
             f"  rejects {self.rejects_uri}",
+            f"  manifest {self.manifest_uri} (features {self.features_key})",
         ]
         if self.stage_seconds:
             spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items()))
@@ -225,18 +238,26 @@ class IngestSummary:
         return out
 
 
-def run_ingest(cfg: Config, spark: Any, full: bool = False, labels_missing_ok: bool = False) -> IngestSummary:
+def run_ingest(
+    cfg: Config, spark: Any, full: bool = False, labels_missing_ok: bool = False, allow_mass_delete: bool = False
+) -> IngestSummary:
     """Ingest the configured catalogue; incremental unless ``full``. Safe to kill and re-run, and
-    to start twice: the dataset and ingest rejects have one writer at a time (table leases)."""
+    to start twice: the dataset, ingest rejects and the manifest have one writer at a time."""
     started = time.monotonic()
     storage = Storage.from_config(cfg)
-    ds_uri, rj_uri = mels_uri(cfg), rejects_uri(cfg, "ingest")
+    ds_uri, rj_uri, mf_uri = mels_uri(cfg), rejects_uri(cfg, "ingest"), manifest_uri(cfg)
     run_id = commit.new_run_id()
-    summary = IngestSummary(run_id=run_id, dataset_uri=ds_uri, rejects_uri=rj_uri)
-    with lease.hold(storage, cfg, run_id, "ingest", ds_uri, rj_uri) as leases:
-        commit.recover(storage, ds_uri, leases[ds_uri])
-        commit.recover(storage, rj_uri, leases[rj_uri])
-        _ingest(cfg, spark, storage, summary, full, labels_missing_ok, leases[ds_uri], leases[rj_uri])
+    summary = IngestSummary(
+        run_id=run_id,
+        dataset_uri=ds_uri,
+        rejects_uri=rj_uri,
+        manifest_uri=mf_uri,
+        features_key=features_key(cfg.audio, cfg.ingest),
+    )
+    with lease.hold(storage, cfg, run_id, "ingest", ds_uri, rj_uri, mf_uri) as leases:
+        for uri in (ds_uri, rj_uri, mf_uri):
+            commit.recover(storage, uri, leases[uri])
+        _ingest(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -248,11 +269,12 @@ def _ingest(
     summary: IngestSummary,
     full: bool,
     labels_missing_ok: bool,
-    ds_lease: lease.TableLease,
-    rj_lease: lease.TableLease,
+    allow_mass_delete: bool,
+    leases: dict[str, lease.TableLease],
 ) -> None:
     started = time.monotonic()
-    ds_uri, rj_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.run_id
+    ds_uri, rj_uri, mf_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.manifest_uri, summary.run_id
+    fkey = summary.features_key
     sc = spark.sparkContext
 
     old_files = commit.table_files(storage, ds_uri)
@@ -263,8 +285,6 @@ def _ingest(
             entry[2].add(f)
     labelled = sum(1 for _sha, genre, _files in index.values() if genre is not None)
     labels, new_rejects = read_labels(storage, cfg, labelled, labels_missing_ok)
-    if full:
-        index = {}
     tracks: list[Track] = []
     for item in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions):
         if isinstance(item, Track):
@@ -287,14 +307,45 @@ def _ingest(
         len(listed_ids & set(labels)),
         time.monotonic() - started,
     )
-    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-")
+    # Tracks gone from the listing lose their rows; a listing that lost too many is refused
+    # before anything is read or written.
+    gone = {track_id: files for track_id, (_sha, _genre, files) in index.items() if track_id not in listed_ids}
+    check_deletions("ingest", ds_uri, len(gone), len(index), cfg.catalogue.max_delete_share, allow_mass_delete)
+    summary.deleted = len(gone)
+    old_manifest = read_manifest(storage, mf_uri)
+    manifest = {} if full else old_manifest
+    if full:
+        index = {}
+    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-", fkey)
+    ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
 
+    # From the listing alone: a track whose file (uri, size, ETag/mtime), label and feature
+    # settings are those of its manifest row, and whose outcome is still on record, is not
+    # fetched. Otherwise it is fetched and hashed; equal bytes are then skipped, not decoded.
     tasks = []
+    kept: list[Entry] = []  # manifest rows of the tracks not fetched
     for t in tracks:
         genre = labels[t.track_id].genre if t.track_id in labels else None
         have = index.get(t.track_id)
-        skip_sha = have[0] if have and have[1] == genre else None
+        m = manifest.get(t.track_id)
+        current = m is not None and m.features_key == fkey
+        if m is not None:
+            held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
+        else:  # rows a run killed before its manifest commit wrote: under the last commit's key
+            held_ok = have is not None and ds_key == fkey
+        if current and m.same_listing(t) and m.genre == genre:
+            if held_ok and have[1] == genre:
+                summary.skipped_unchanged += 1
+                kept.append(m)
+                continue
+            if m.status == "rejected" and rejected_shas.get(t.uri) == m.sha256:
+                summary.skipped_rejected += 1
+                kept.append(m)
+                continue
+        # Rows made under other feature settings (or of unknown ones) are never kept as they are.
+        skip_sha = have[0] if held_ok and have[1] == genre else None
         tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, None if full else rejected_shas.get(t.uri)))
+    summary.fetched = len(tasks)
 
     # Catalogues are laid out by genre; spread each folder over all partitions (deterministic
     # order) so every file, row group and training shard mixes genres and track lengths.
@@ -317,9 +368,18 @@ def _ingest(
         log.info("ingest: executors done in %.1fs", time.monotonic() - t_tasks)
 
     written: dict[str, str] = {}
+    outcome: dict[str, tuple[str, str]] = {}  # track_id -> (sha256, ok | rejected), of what was fetched
+    rejected_ids: set[str] = set()
     add: list[tuple[str, str]] = []
     for r in results:
         written.update(dict(r.tracks))
+        rejected_ids.update(r.rejected_ids)
+        for track_id, row in zip(r.rejected_ids, r.rejects, strict=True):
+            if row.get("audio_sha256"):
+                row["features_key"] = fkey
+                outcome[track_id] = (row["audio_sha256"], "rejected")
+        outcome.update((track_id, (sha, "rejected")) for track_id, sha in r.still_rejected)
+        outcome.update((track_id, (sha, "ok")) for track_id, sha in r.unchanged + r.tracks)
         summary.clips += r.clips
         summary.skipped_unchanged += r.skipped_unchanged
         summary.skipped_rejected += r.skipped_rejected
@@ -330,13 +390,17 @@ def _ingest(
             add.append((r.tmp_file, f"{ds_uri}/part-{run_id}-{r.partition:05d}.parquet"))
     summary.tracks_ok = len(written)
 
-    # Tracks re-ingested with new audio or a new label: drop their old rows.
+    # Tracks re-ingested (new audio, label or features), whose new audio is rejected, or gone
+    # from the catalogue: drop their old rows.
     if full:
         remove = old_files
     else:
         stale: dict[str, set[str]] = {}
-        for track_id in written:
+        for track_id in set(written) | rejected_ids:
             for f in index.get(track_id, (None, None, set()))[2]:
+                stale.setdefault(f, set()).add(track_id)
+        for track_id, files in gone.items():
+            for f in files:
                 stale.setdefault(f, set()).add(track_id)
         remove = sorted(stale)
         if stale:
@@ -344,7 +408,10 @@ def _ingest(
             log.info("ingest: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
     t_commit = time.monotonic()
     meta_add, meta_state = stage_metadata(spark, storage, cfg, run_id, add, remove)
-    commit.commit(storage, ds_uri, run_id, add + meta_add, remove, ds_lease, state=meta_state or None)
+    if METADATA_SHA_KEY in meta_state and meta_state[METADATA_SHA_KEY] is None:
+        remove = [*remove, join(ds_uri, METADATA)]
+    state = {**meta_state, FEATURES_KEY: fkey} if add or remove or meta_add else None
+    commit.commit(storage, ds_uri, run_id, add + meta_add, remove, leases[ds_uri], state=state)
     log.info(
         "ingest: committed %d file(s), removed %d%s in %.1fs",
         len(add),
@@ -353,7 +420,7 @@ def _ingest(
         time.monotonic() - t_commit,
     )
 
-    fresh = [r for r in new_rejects if (r["source_uri"], r["stage"], r["reason"]) not in reject_keys or full]
+    fresh = [r for r in new_rejects if reject_key(r) not in reject_keys or full]
     if fresh or (full and reject_files):
         name = f"ingest-{run_id}.parquet"
         tmp = commit.tmp_uri(rj_uri, run_id, name)
@@ -361,7 +428,18 @@ def _ingest(
         if fresh:
             storage.write_parquet(tmp, rejects_table(fresh))
             adds = [(tmp, join(rj_uri, name))]
-        commit.commit(storage, rj_uri, run_id, adds, reject_files if full else [], rj_lease)
+        commit.commit(storage, rj_uri, run_id, adds, reject_files if full else [], leases[rj_uri])
+
+    # The manifest last: a run killed before this leaves it stale, which costs the next run
+    # fetches and hashes, never a wrong skip (a skip also needs the dataset or rejects to agree).
+    fresh_rows = []
+    for t in tracks:
+        if t.track_id in outcome:
+            sha, status = outcome[t.track_id]
+            genre = labels[t.track_id].genre if t.track_id in labels else None
+            fresh_rows.append(Entry(t.track_id, t.uri, t.size, t.version, sha, genre, fkey, status))
+    if write_manifest(storage, mf_uri, run_id, kept + fresh_rows, old_manifest, leases[mf_uri]):
+        log.info("ingest: manifest %s: %d track(s), %d updated", mf_uri, len(kept) + len(fresh_rows), len(fresh_rows))
     for r in new_rejects:
         summary.rejected[r["stage"]] += 1
     for r in fresh:

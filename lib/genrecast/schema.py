@@ -82,6 +82,9 @@ REJECTS_ARROW_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("audio_sha256", pa.string(), nullable=True),
+        # genrecast.features.features_key of a decode reject (null for listing / labels rows):
+        # a reject made under another key is retried.
+        pa.field("features_key", pa.string(), nullable=True),
     ]
 )
 
@@ -89,4 +92,5 @@ REJECTS_ARROW_SCHEMA = pa.schema(
 def rejects_table(rows: Sequence[dict]) -> pa.Table:
     """Rows are dicts with the rejects columns; ``at`` defaults to now (UTC)."""
     now = datetime.now(UTC)
-    return pa.Table.from_pylist([{"at": now, "audio_sha256": None, **row} for row in rows], schema=REJECTS_ARROW_SCHEMA)
+    defaults = {"at": now, "audio_sha256": None, "features_key": None}
+    return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=REJECTS_ARROW_SCHEMA)

@@ -36,10 +36,12 @@ import numpy as np
 import pyarrow as pa
 
 from genrecast import commit, lease, registry
-from genrecast.catalogue import Track, list_tracks
+from genrecast.catalogue import Track, check_deletions, list_tracks
 from genrecast.config import Config
-from genrecast.dataset import previous_rejects, rejects_uri, scores_uri, timelines_uri
+from genrecast.dataset import manifest_uri, previous_rejects, reject_key, rejects_uri, scores_uri, timelines_uri
 from genrecast.errors import ConfigError, JobError
+from genrecast.features import features_key
+from genrecast.manifest import read_manifest
 from genrecast.storage import Storage, join
 from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
 
@@ -403,6 +405,8 @@ class ScoreSummary:
     rejected: int = 0
     skipped_unchanged: int = 0
     skipped_rejected: int = 0
+    fetched: int = 0  # audio files read (the rest were known unchanged from the catalogue manifest)
+    deleted: int = 0  # scored tracks gone from the listing, their rows dropped
     genres: Counter = field(default_factory=Counter)  # of the tracks scored in this run
     table_tracks: int = 0  # rows in the score table after the run
     wall_seconds: float = 0.0
@@ -420,6 +424,7 @@ class ScoreSummary:
             f"  skipped {self.skipped_unchanged + self.skipped_rejected} "
             f"({self.skipped_unchanged} already scored and unchanged, {self.skipped_rejected} previously rejected)",
             f"  rejected {self.rejected}",
+            f"  fetched {self.fetched} audio file(s); deleted {self.deleted} (gone from the catalogue)",
             f"  table {self.table_uri} ({self.table_tracks} tracks)",
             f"  rejects {self.rejects_uri}",
         ]
@@ -431,7 +436,9 @@ class ScoreSummary:
         return out
 
 
-def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "latest") -> ScoreSummary:
+def run_score(
+    cfg: Config, spark: Any, mode: str = "nightly", model: str = "latest", allow_mass_delete: bool = False
+) -> ScoreSummary:
     """Score the catalogue with ``model`` (an id or ``latest``). ``nightly``: tracks without a
     score from this model or whose audio changed; ``backfill``: every track, replacing the
     table. Safe to kill and re-run: the table never holds a duplicate or half a run."""
@@ -450,7 +457,7 @@ def run_score(cfg: Config, spark: Any, mode: str = "nightly", model: str = "late
     with lease.hold(storage, cfg, run_id, f"score {mode}", *tables) as leases:
         commit.recover(storage, table_uri, leases[table_uri])
         commit.recover(storage, rj_uri, leases[rj_uri])
-        _score(cfg, spark, storage, summary, genres, leases)
+        _score(cfg, spark, storage, summary, genres, leases, allow_mass_delete)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -462,6 +469,7 @@ def _score(
     summary: ScoreSummary,
     genres: list[str],
     leases: dict[str, lease.TableLease],
+    allow_mass_delete: bool = False,
 ) -> None:
     table_uri, rj_uri, run_id, model_id, mode = (
         summary.table_uri,
@@ -479,29 +487,47 @@ def _score(
 
     old_files = commit.table_files(storage, table_uri)
     index: dict[str, tuple[str | None, set[str]]] = {}  # track_id -> (scored sha, files holding it)
-    if old_files and not backfill:
+    if old_files:  # backfill too: the deletion guard needs the tracks the table holds
         rows = sc.parallelize(old_files, len(old_files)).flatMap(lambda f: _index_file(f, storage)).collect()
         for track_id, sha, f in rows:
             have_sha, files = index.setdefault(track_id, (sha, set()))
             files.add(f)
             if have_sha != sha:  # two rows that disagree: score again, which rewrites both files
                 index[track_id] = (None, files)
+    listed_ids = {t.track_id for t in tracks}
+    gone = {track_id for track_id in index if track_id not in listed_ids}
+    check_deletions(
+        f"score {mode}", table_uri, len(gone), len(index), cfg.catalogue.max_delete_share, allow_mass_delete
+    )
+    summary.deleted = len(gone)
+    if backfill:
+        index = {}
     keep_timeline, tl_uri = cfg.score.keep_timeline, timelines_uri(cfg, model_id)
     if keep_timeline:
         tl_lease = leases[tl_uri]
         tl_files, tl_held = prepare_timelines(sc, storage, tl_uri, index, backfill, tl_lease)
         summary.timelines_uri = tl_uri
-    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX)
+    fkey = features_key(cfg.audio, cfg.ingest)
+    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX, fkey)
 
-    tasks = [
-        TrackTask(
-            t.track_id,
-            t.uri,
-            skip_sha=index[t.track_id][0] if t.track_id in index else None,
-            rejected_sha=None if backfill else rejected_shas.get(t.uri),
-        )
-        for t in tracks
-    ]
+    # Listing-level change detection through ingest's catalogue manifest: where the listing
+    # still shows the file (uri, size, ETag/mtime) a manifest row was made from, the row's
+    # sha256 is the file's, and a track scored (or rejected) with that sha is not fetched. A track
+    # ingest has not read yet (or read before it changed) is fetched and hashed as before.
+    manifest = {} if backfill else read_manifest(storage, manifest_uri(cfg))
+    tasks = []
+    for t in tracks:
+        m = manifest.get(t.track_id)
+        known_sha = m.sha256 if m is not None and m.same_listing(t) else None
+        scored_sha = index[t.track_id][0] if t.track_id in index else None
+        rejected_sha = None if backfill else rejected_shas.get(t.uri)
+        if known_sha is not None and known_sha == scored_sha:
+            summary.skipped_unchanged += 1
+        elif known_sha is not None and known_sha == rejected_sha:
+            summary.skipped_rejected += 1
+        else:
+            tasks.append(TrackTask(t.track_id, t.uri, skip_sha=scored_sha, rejected_sha=rejected_sha))
+    summary.fetched = len(tasks)
     # Catalogues are laid out by genre and long tracks cluster; a hash order spreads both.
     tasks.sort(key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
     results: list[ScorePartitionResult] = []
@@ -528,6 +554,9 @@ def _score(
     for r in results:
         written.update(dict(r.tracks))
         rejected_ids.update(r.rejected_ids)
+        for row in r.rejects:
+            if row.get("audio_sha256"):
+                row["features_key"] = fkey
         summary.clips += r.clips
         summary.genres.update(r.genres)
         summary.skipped_unchanged += r.skipped_unchanged
@@ -543,22 +572,23 @@ def _score(
         remove = old_files
         summary.table_tracks = len(written)
     else:
-        # Old rows of tracks scored again, or whose changed audio is now rejected, are stale.
+        # Old rows of tracks scored again, whose changed audio is now rejected, or gone from the
+        # catalogue, are stale.
         stale: dict[str, set[str]] = {}
-        for track_id in set(written) | rejected_ids:
+        for track_id in set(written) | rejected_ids | gone:
             for f in index.get(track_id, (None, set()))[1]:
                 stale.setdefault(f, set()).add(track_id)
         remove = sorted(stale)
         if stale:
             add += commit.stage_without(sc, storage, table_uri, run_id, stale)
             log.info("score: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
-        summary.table_tracks = len((set(index) - rejected_ids) | set(written))
+        summary.table_tracks = len((set(index) - rejected_ids - gone) | set(written))
     commit.commit(storage, table_uri, run_id, add, remove, leases[table_uri])
     if keep_timeline:
-        replaced = set(written) | rejected_ids
+        replaced = set(written) | rejected_ids | gone
         commit_timelines(sc, storage, tl_uri, run_id, results, tl_files, tl_held, replaced, backfill, tl_lease)
 
-    fresh = [r for r in new_rejects if backfill or (r["source_uri"], r["stage"], r["reason"]) not in reject_keys]
+    fresh = [r for r in new_rejects if backfill or reject_key(r) not in reject_keys]
     if fresh or (backfill and reject_files):
         from genrecast.schema import rejects_table
 

@@ -221,6 +221,32 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS)
     raise AssertionError("unreachable")
 
 
+FETCH_LOG_ENV = "GENRECAST_FETCH_LOG"
+
+
+def _log_fetch(op: str, uri: str) -> None:
+    """With ``GENRECAST_FETCH_LOG=<file>`` in the environment (of the driver and, through the
+    Spark JVM's environment, of every Python worker), append ``<op> <uri>`` per object read:
+    an audit of what a job fetched, across processes (one short ``O_APPEND`` write a line)."""
+    path = os.environ.get(FETCH_LOG_ENV)
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{op} {uri}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a listing. ``version`` changes when the file is rewritten: ``etag:<ETag>``
+    (S3) or ``mtime_ns:<st_mtime_ns>`` (local); equal entries are taken to hold equal bytes."""
+
+    uri: str
+    size: int
+    version: str
+
+
 @dataclass
 class Storage:
     """Reads, writes and lists URIs. Picklable: the S3 clients are created lazily per process."""
@@ -324,8 +350,10 @@ class Storage:
         }
 
     # -- operations ----------------------------------------------------------------------
-    def list_files(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Yield ``(uri, size)`` for every file below ``prefix``, sorted per listing page.
+    def list_entries(self, prefix: str) -> Iterator[FileEntry]:
+        """Yield a :class:`FileEntry` (uri, size, version) for every file below ``prefix``,
+        sorted per listing page, from the listing alone (no request per file): the version is the
+        S3 ETag, or a local file's ``st_mtime_ns``.
 
         Streams: S3 is paged (1000 keys a request), local folders are walked lazily; neither
         holds the whole catalogue in memory.
@@ -345,7 +373,8 @@ class Storage:
                 page = self._retry(lambda kw=kwargs: self.s3_client().list_objects_v2(**kw), f"list {prefix}")
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
-                        yield f"s3://{parsed.netloc}/{obj['Key']}", int(obj["Size"])
+                        etag = str(obj.get("ETag", "")).strip('"')
+                        yield FileEntry(f"s3://{parsed.netloc}/{obj['Key']}", int(obj["Size"]), f"etag:{etag}")
                 token = page.get("NextContinuationToken")
                 if not page.get("IsTruncated") or not token:
                     break
@@ -356,7 +385,13 @@ class Storage:
             dirnames.sort()
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
-                yield path, os.path.getsize(path)
+                st = os.stat(path)
+                yield FileEntry(path, st.st_size, f"mtime_ns:{st.st_mtime_ns}")
+
+    def list_files(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Yield ``(uri, size)`` for every file below ``prefix`` (see :meth:`list_entries`)."""
+        for entry in self.list_entries(prefix):
+            yield entry.uri, entry.size
 
     def exists(self, uri: str) -> bool:
         """True if the file exists (not for S3 "folders")."""
@@ -380,6 +415,7 @@ class Storage:
 
     def read_bytes(self, uri: str) -> bytes:
         uri = normalize_uri(uri)
+        _log_fetch("read", uri)
         if is_s3(uri):
             parsed = urlparse(uri)
 
@@ -449,6 +485,7 @@ class Storage:
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         """``length`` bytes from offset ``start`` (S3: one ranged GET)."""
         uri = normalize_uri(uri)
+        _log_fetch("range", uri)
         if is_s3(uri):
             parsed = urlparse(uri)
 

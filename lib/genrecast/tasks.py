@@ -42,6 +42,8 @@ class PartitionResult:
     rejected_ids: list[str] = field(default_factory=list)  # the tracks of those rows
     skipped_unchanged: int = 0
     skipped_rejected: int = 0
+    unchanged: list[tuple[str, str]] = field(default_factory=list)  # (track_id, sha256) fetched, same audio
+    still_rejected: list[tuple[str, str]] = field(default_factory=list)  # (track_id, sha256) rejected before
     seconds: Counter = field(default_factory=Counter)  # executor time by stage
 
     def reject(self, task: TrackTask, stage: str, reason: str, sha: str | None = None) -> None:
@@ -82,9 +84,11 @@ def changed_inputs(
             continue
         sha = hashlib.sha256(data).hexdigest()
         res.seconds["fetch"] += time.perf_counter() - t0
-        if sha == task.skip_sha:
+        if sha == task.skip_sha:  # touched, not changed: hashed, never decoded
             res.skipped_unchanged += 1
+            res.unchanged.append((task.track_id, sha))
         elif sha == task.rejected_sha:
             res.skipped_rejected += 1
+            res.still_rejected.append((task.track_id, sha))
         else:
             yield task, data, sha

@@ -145,6 +145,20 @@ def _barrier_task(spec_base: dict[str, Any], storage: Storage, model_dir: str) -
     return task
 
 
+def _features_key(cfg: Config, tracks: list[LabelledTrack]) -> str:
+    """The features_key (genrecast.features) of the clips trained on; a warning if mixed."""
+    from genrecast.dataset import manifest_uri
+    from genrecast.ingest import FEATURES_KEY
+    from genrecast.manifest import dataset_features_key
+
+    storage = Storage.from_config(cfg)
+    ds_key = commit.read_state(storage, mels_uri(cfg)).get(FEATURES_KEY)
+    key = dataset_features_key(storage, manifest_uri(cfg), ds_key, {t.track_id: t.audio_sha256 or "" for t in tracks})
+    if "+" in key or key == "unknown":
+        log.warning("train: the mel dataset's feature settings are %s; run genrecast ingest to make them one", key)
+    return key
+
+
 def _labelled_tracks(cfg: Config, spark: Any, files: list[str]) -> tuple[list[LabelledTrack], str, dict[str, int]]:
     """Labelled tracks in ``files`` of the dataset (genres in config order), a dataset
     fingerprint, clip counts."""
@@ -268,6 +282,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "params": chief["params"],
     }
     report_uri = write_report(cfg, model_id, metrics, chief["history"], genres)
+    features_key = _features_key(cfg, tracks)
     meta = {
         "model_id": model_id,
         "genres": genres,
@@ -277,6 +292,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "normalisation": {"band_mean": band_mean.tolist(), "band_std": band_std.tolist()},
         "split": {**split.model_dump(), "counts": counts, "tracks": assignment},
         "dataset": {"uri": mels_uri(cfg), "fingerprint": fingerprint, "tracks": len(tracks)},
+        "features_key": features_key,
         "embedding_dim": cfg.train.embedding_dim,
         "params": chief["params"],
         "metrics": {k: metrics[k]["accuracy"] for k in ("cnn_track", "cnn_clip", "baseline_track")},
