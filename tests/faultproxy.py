@@ -5,7 +5,9 @@ each connection to ``127.0.0.1:upstream_port`` (SeaweedFS in the tests). Connect
 counted in the order their first request arrives, separately per client kind (boto3 / s3fs's
 aiobotocore, told apart by the User-Agent), so that each library's traffic gets its share of
 faults however much of the other there is. Every ``every``-th connection of a kind is broken,
-the modes taking turns:
+the modes taking turns. A connection whose first request is the retry of one just broken (the
+same request line and Range) passes: real faults are not aimed at one request, and with several
+processes sharing the count, every retry of one request could otherwise land on a broken slot. With ``every=1`` nothing passes: the store is down.
 
 - ``reset``: the request reaches the server; the answer is cut after half of its first chunk
   and the client gets a TCP RST (SO_LINGER 0, then close): a reset mid-response.
@@ -56,6 +58,7 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _just_broken: set[str] = field(default_factory=set)  # requests whose retry passes
     _threads: list[threading.Thread] = field(default_factory=list)
     _listener: socket.socket | None = None
 
@@ -113,12 +116,17 @@ class FaultProxy:
         """(fault mode or None, client kind, request line) for a connection's first bytes."""
         head = first.split(b"\r\n\r\n", 1)[0].decode("latin-1")
         lines = head.split("\r\n")
-        agent = next((v for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "user-agent"), "")
-        kind = "aiobotocore" if "aiobotocore" in agent.lower() else "boto3"
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        kind = "aiobotocore" if "aiobotocore" in headers.get("user-agent", "").lower() else "boto3"
+        key = f"{lines[0]} {headers.get('range', '')}"
         with self._lock:
             n = self.connections[kind] = self.connections.get(kind, 0) + 1
+            if self.every > 1 and key in self._just_broken:  # a retry: it passes (and may be broken again later)
+                self._just_broken.discard(key)
+                return None, kind, lines[0]
             if n % self.every:
                 return None, kind, lines[0]
+            self._just_broken.add(key)
             # The k-th broken connection of a kind gets modes[k % len(modes)]: fixed by the
             # count, not by which earlier faults have finished.
             return self.modes[(n // self.every - 1) % len(self.modes)], kind, lines[0]
