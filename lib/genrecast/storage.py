@@ -459,7 +459,11 @@ class Storage:
     def read_parquet(self, uri: str, columns: list[str] | None = None) -> Any:
         import pyarrow.parquet as pq
 
-        return pq.read_table(io.BytesIO(self.read_bytes(uri)), columns=columns)
+        # ParquetFile.read, not pq.read_table: read_table goes through the dataset scanner, whose
+        # background threads can still be alive at interpreter exit and abort the process
+        # ("terminate called without an active exception", apache/arrow#34314), which a short
+        # CLI command such as `similar` did about once in 45 runs.
+        return pq.ParquetFile(io.BytesIO(self.read_bytes(uri))).read(columns=columns)
 
     def size(self, uri: str) -> int:
         """Bytes in one file (FileNotFoundError if there is none)."""
