@@ -129,3 +129,50 @@ def test_profile_mismatch_is_refused_in_one_line(audio, problem):
 def test_unknown_backbone_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown backbone 'musicnn'.*musicnn-msd"):
         backbone.profile_mismatch(AudioConf(), "musicnn")
+
+
+def test_head_model_takes_dataset_clips_and_trains_only_the_head(music, tmp_path):
+    """The backbone model has the scratch CNN's contract (dB clips in, ``embedding`` and
+    ``genre_probs`` layers), converts clips in its graph exactly as the numpy path does, keeps the
+    checkpoint's weights frozen, and survives save + load (its custom layer is registered)."""
+    from genrecast.keras_layers import DbToBackboneInput
+    from genrecast.model import BACKBONE_FEATURES, build_backbone_model, inference_model, load_model
+
+    clips_db = log_mel_clips(music["y"], backbone.MUSICNN_PROFILE.audio_conf())  # (n, 96, 188)
+    layer = DbToBackboneInput(187, backbone.MUSICNN_PROFILE.log_scale)
+    assert np.abs(layer(clips_db).numpy() - backbone.clips_to_backbone_input(clips_db)).max() < 1e-4
+
+    model = build_backbone_model(96, 188, 3, "vgg-msd", embedding_dim=16)
+    reference = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
+    head_params = (256 * 16 + 16) + (16 * 3 + 3)  # pool5 (256) -> embedding (16) -> 3 genres
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == head_params
+    trunk = model.get_layer("backbone")
+    want = reference(backbone.clips_to_backbone_input(clips_db), training=False).numpy()
+    got = trunk(layer(clips_db), training=False).numpy()
+    assert np.abs(got - want).max() < 1e-4
+
+    from genrecast.model import compile_model
+
+    compile_model(model).fit(clips_db, np.arange(len(clips_db)) % 3, epochs=1, batch_size=2, verbose=0)
+    for before, after in zip(reference.get_weights(), trunk.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)  # fit moved the head only
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(str(tmp_path / "m.keras"))
+    probs, unit = inference_model(loaded).predict(clips_db, verbose=0)
+    np.testing.assert_allclose(probs, model.predict(clips_db, verbose=0), atol=1e-6)
+    assert probs.shape == (len(clips_db), 3) and np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+
+
+def test_config_refuses_a_backbone_the_audio_does_not_fit(tmp_path):
+    from genrecast.config import load_config
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("train: {backbone: musicnn-msd}\n")
+    with pytest.raises(ConfigError, match=r"key 'train.backbone': backbone musicnn-msd needs .*audio.n_mels 128"):
+        load_config(conf, environ={})
+    conf.write_text("train: {backbone: musicnn}\n")
+    with pytest.raises(ConfigError, match="key 'train.backbone'.*unknown backbone 'musicnn'"):
+        load_config(conf, environ={})
+    profile = "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
+    conf.write_text(profile + "train: {backbone: musicnn-msd}\n")
+    assert load_config(conf, environ={}).train.backbone == "musicnn-msd"

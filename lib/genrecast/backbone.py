@@ -364,10 +364,10 @@ def build_backbone(name: str, any_length: bool = False) -> Any:
     return model
 
 
-def feature_model(model: Any, layers: Sequence[str]) -> Any:
+def feature_model(model: Any, layers: Sequence[str], name: str | None = None) -> Any:
     """Same weights, outputs = the named layers (e.g. ``("penultimate", "max_pool")``)."""
     k = keras()
-    return k.Model(model.inputs, [model.get_layer(n).output for n in layers])
+    return k.Model(model.inputs, [model.get_layer(n).output for n in layers], name=name)
 
 
 def describe(name: str) -> dict[str, Any]:

@@ -119,7 +119,19 @@ class TrainConf(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)  # epochs without val_accuracy improvement before stopping
     embedding_dim: int = Field(128, gt=0)
+    # "scratch": the genre CNN; a pretrained backbone name (genrecast.backbone.BACKBONES): a
+    # head trained on its frozen features (the audio section must then fit its profile).
+    backbone: str = "scratch"
     split: SplitConf = Field(default_factory=SplitConf)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from genrecast.backbone import BACKBONES  # lazy: backbone imports this module
+
+        if value != "scratch" and value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}: choose scratch, {', '.join(BACKBONES)}")
+        return value
 
 
 class DemoConf(_Section):
@@ -260,6 +272,13 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raise ConfigError(f"{file}: top level must be a mapping of sections")
     data = _apply_env_overrides(data, environ)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, str(file))) from None
+    if cfg.train.backbone != "scratch":
+        from genrecast.backbone import profile_mismatch
+
+        problem = profile_mismatch(cfg.audio, cfg.train.backbone)
+        if problem:
+            raise ConfigError(f"{file}: key 'train.backbone': {problem}")
+    return cfg

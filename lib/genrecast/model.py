@@ -78,6 +78,44 @@ def build_model(
     return k.Model(inputs, probs, name="genrecast_cnn")
 
 
+# Features of each backbone the head reads: musicnn's 200-d penultimate layer and the 753-d
+# max-pool over time (the pair that scored best as frozen features in issue 15's study), vgg's
+# flattened last block.
+BACKBONE_FEATURES = {"musicnn": ("penultimate", "max_pool"), "vgg": ("pool5",)}
+
+
+def build_backbone_model(
+    n_mels: int,
+    frames: int,
+    n_genres: int,
+    backbone: str,
+    embedding_dim: int = 128,
+    dropout: float = 0.3,
+) -> Any:
+    """Uncompiled Keras model with the scratch CNN's contract - (batch, n_mels, frames) dB ->
+    (batch, n_genres) probabilities, layers ``embedding`` and ``genre_probs`` - whose features
+    come from the pretrained ``backbone`` (:mod:`genrecast.backbone`), frozen (its batch-norms
+    in inference mode); only the head (dropout, dense embedding, softmax) trains. The input must
+    fit the backbone's audio profile (:func:`genrecast.backbone.check_profile`)."""
+    from genrecast.backbone import backbone_spec, build_backbone, feature_model
+    from genrecast.keras_layers import DbToBackboneInput
+
+    spec = backbone_spec(backbone)
+    k = keras()
+    layers = k.layers
+    trunk = feature_model(build_backbone(backbone), BACKBONE_FEATURES[spec.arch], name="backbone")
+    trunk.trainable = False
+    inputs = k.Input(shape=(n_mels, frames), name="mel")
+    x = DbToBackboneInput(spec.profile.frames, spec.profile.log_scale, name="backbone_input")(inputs)
+    feats = trunk(x, training=False)
+    x = layers.Concatenate(name="backbone_features")(feats) if isinstance(feats, list) else feats
+    x = layers.Dropout(dropout)(x)
+    embedding = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
+    x = layers.Dropout(dropout)(embedding)
+    probs = layers.Dense(n_genres, activation="softmax", name=PROBS_LAYER)(x)
+    return k.Model(inputs, probs, name=f"genrecast_{backbone.replace('-', '_')}_head")
+
+
 def compile_model(model: Any, learning_rate: float = 1e-3) -> Any:
     k = keras()
     model.compile(
@@ -108,4 +146,6 @@ def weights_digest(model: Any) -> str:
 
 def load_model(path: str) -> Any:
     """Load a saved genrecast model (``.keras`` file) for inference."""
+    import genrecast.keras_layers  # noqa: F401  (registers the layers backbone models hold)
+
     return keras().models.load_model(path, compile=False)

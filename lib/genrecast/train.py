@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from genrecast import __version__, commit, registry, report
+from genrecast.backbone import describe as describe_backbone
 from genrecast.catalogue import load_labels
 from genrecast.config import Config
 from genrecast.dataset import check_mel_metadata, index_dataset, mels_uri
@@ -255,6 +256,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "learning_rate": cfg.train.learning_rate,
         "patience": cfg.train.patience,
         "embedding_dim": cfg.train.embedding_dim,
+        "backbone": cfg.train.backbone,
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
         "threads": int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
     }
@@ -294,6 +296,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "dataset": {"uri": mels_uri(cfg), "fingerprint": fingerprint, "tracks": len(tracks)},
         "features_key": features_key,
         "embedding_dim": cfg.train.embedding_dim,
+        "backbone": "scratch" if cfg.train.backbone == "scratch" else describe_backbone(cfg.train.backbone),
         "params": chief["params"],
         "metrics": {k: metrics[k]["accuracy"] for k in ("cnn_track", "cnn_clip", "baseline_track")},
         "training": metrics["training"],

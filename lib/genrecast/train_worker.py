@@ -82,7 +82,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     from genrecast.config import Config
-    from genrecast.model import build_model, compile_model, keras, weights_digest
+    from genrecast.model import build_backbone_model, build_model, compile_model, keras, weights_digest
 
     rank, workers = spec["rank"], spec["workers"]
     threads = int(spec.get("threads", 1))
@@ -104,20 +104,25 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         readers.append(reader)
         return ds
 
+    backbone = spec.get("backbone", "scratch")
     with strategy.scope():
-        model = compile_model(
-            build_model(
+        if backbone == "scratch":
+            net = build_model(
                 cfg.audio.n_mels,
                 cfg.audio.clip_frames,
                 len(spec["genres"]),
                 np.asarray(spec["band_mean"]),
                 np.asarray(spec["band_std"]),
                 embedding_dim=spec["embedding_dim"],
-            ),
-            spec["learning_rate"],
-        )
+            )
+        else:
+            net = build_backbone_model(
+                cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
+            )
+        model = compile_model(net, spec["learning_rate"])
     if rank == 0:
-        log(rank, f"model {model.name}: {model.count_params():,} parameters")
+        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        log(rank, f"model {model.name}: {model.count_params():,} parameters, {trainable:,} trainable")
 
     class EpochLog(k.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
