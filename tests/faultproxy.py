@@ -7,7 +7,8 @@ aiobotocore, told apart by the User-Agent), so that each library's traffic gets 
 faults however much of the other there is. Every ``every``-th connection of a kind is broken,
 the modes taking turns. A connection whose first request is the retry of one just broken (the
 same request line and Range) passes: real faults are not aimed at one request, and with several
-processes sharing the count, every retry of one request could otherwise land on a broken slot. With ``every=1`` nothing passes: the store is down.
+processes sharing the count, every retry of one request could otherwise land on a broken slot.
+With ``every=1`` nothing passes: the store is down.
 
 - ``reset``: the request reaches the server; the answer is cut after half of its first chunk
   and the client gets a TCP RST (SO_LINGER 0, then close): a reset mid-response.

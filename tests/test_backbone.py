@@ -144,7 +144,7 @@ def test_head_model_takes_dataset_clips_and_trains_only_the_head(music, tmp_path
 
     model = build_backbone_model(96, 188, 3, "vgg-msd", embedding_dim=16)
     reference = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
-    head_params = (256 * 16 + 16) + (16 * 3 + 3)  # pool5 (256) -> embedding (16) -> 3 genres
+    head_params = 2 * 256 + (256 * 16 + 16) + (16 * 3 + 3)  # batch-norm of pool5 (256) -> embedding (16) -> 3
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == head_params
     trunk = model.get_layer("backbone")
     want = reference(backbone.clips_to_backbone_input(clips_db), training=False).numpy()

@@ -95,7 +95,7 @@ def build_backbone_model(
     """Uncompiled Keras model with the scratch CNN's contract - (batch, n_mels, frames) dB ->
     (batch, n_genres) probabilities, layers ``embedding`` and ``genre_probs`` - whose features
     come from the pretrained ``backbone`` (:mod:`genrecast.backbone`), frozen (its batch-norms
-    in inference mode); only the head (dropout, dense embedding, softmax) trains. The input must
+    in inference mode); only the head (batch-norm, dropout, dense embedding, softmax) trains. The input must
     fit the backbone's audio profile (:func:`genrecast.backbone.check_profile`)."""
     from genrecast.backbone import backbone_spec, build_backbone, feature_model
     from genrecast.keras_layers import DbToBackboneInput
@@ -109,6 +109,9 @@ def build_backbone_model(
     x = DbToBackboneInput(spec.profile.frames, spec.profile.log_scale, name="backbone_input")(inputs)
     feats = trunk(x, training=False)
     x = layers.Concatenate(name="backbone_features")(feats) if isinstance(feats, list) else feats
+    # The features differ in scale by orders of magnitude (batch-normed 200-d vs raw max-pooled
+    # activations): standardise them, or the first steps blow the softmax up (loss ~16 seen).
+    x = layers.BatchNormalization(momentum=0.9, synchronized=True, name="feature_bn")(x)
     x = layers.Dropout(dropout)(x)
     embedding = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(dropout)(embedding)
