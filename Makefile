@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 USER_PYSPARK_PYTHON := $(PYSPARK_PYTHON)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory package submit notebooks clean
+.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory bench-scale package submit notebooks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,7 +26,7 @@ ingest: setup
 demo: setup
 	@bash scripts/demo.sh $(CONF)
 
-bench: bench-ingest bench-score bench-decode-memory
+bench: bench-ingest bench-score bench-decode-memory bench-scale
 
 bench-ingest: setup
 	$(PY) bench/ingest.py
@@ -36,6 +36,10 @@ bench-score: setup
 
 bench-decode-memory: setup
 	$(PY) bench/decode_memory.py
+
+# SIZES=10000,100000 for a quicker run (default 10k, 100k, 1M simulated tracks; ~5 min on 2 cores)
+bench-scale: setup
+	$(PY) bench/scale.py --recommend $(if $(SIZES),--sizes $(SIZES))
 
 # dist/: the genrecast wheel and genrecast.zip for --py-files (ENV_ARCHIVE=1: a packed venv too).
 package: setup

@@ -40,7 +40,7 @@ from genrecast.features import features_key, log_mel_clips, usable_samples, warm
 from genrecast.manifest import Entry, read_manifest, write_manifest
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join
-from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
+from genrecast.tasks import PartitionResult, Plan, TrackTask, changed_inputs, spread
 
 log = logging.getLogger(__name__)
 # In the dataset's _table.json: the features_key of the rows its last commit added (for rows whose
@@ -199,6 +199,77 @@ def read_labels(
     return {}, []
 
 
+# track_id -> (audio_sha256, genre, files holding its rows), from the dataset's index rows
+TrackIndex = dict[str, tuple[str, str | None, set[str]]]
+
+
+def track_index(rows: Iterable[tuple[str, str, str | None, str]]) -> TrackIndex:
+    """Group :func:`genrecast.dataset.index_dataset` rows ``(track_id, sha256, genre, file)`` by
+    track (the first row's sha256 and genre; every file)."""
+    index: TrackIndex = {}
+    for track_id, sha, genre, f in rows:
+        index.setdefault(track_id, (sha, genre, set()))[2].add(f)
+    return index
+
+
+@dataclass
+class IngestPlan(Plan):
+    """A :class:`~genrecast.tasks.Plan` with the manifest rows of the tracks not fetched
+    (``kept``, as they are: skipped_unchanged + skipped_rejected of them)."""
+
+    kept: list[Entry] = field(default_factory=list)
+
+
+def plan_ingest(
+    tracks: Iterable[Track],
+    labels: dict[str, Label],
+    index: TrackIndex,
+    manifest: dict[str, Entry],
+    rejected_shas: dict[str, str],
+    fkey: str,
+    ds_key: str | None,
+    full: bool = False,
+) -> IngestPlan:
+    """Decide, from metadata alone (no Spark, no storage), what an ingest run fetches.
+
+    ``index``: the mel dataset by track (:func:`track_index`); ``manifest``: the committed
+    manifest; ``rejected_shas``: ``{source_uri: sha256}`` rejected under ``fkey`` (the current
+    features_key); ``ds_key``: the features_key of the dataset's last commit. ``full``: ignore
+    all of those (every track fetched, nothing skipped on the executors either).
+
+    A track whose file (uri, size, ETag/mtime), label and feature settings are those of its
+    manifest row, and whose outcome is still on record, is kept. Otherwise it is fetched and
+    hashed; its task's ``skip_sha`` (bytes whose clips are held under ``fkey`` with this label)
+    lets the executor skip equal bytes without decoding (a touched file).
+    """
+    if full:
+        index, manifest, rejected_shas = {}, {}, {}
+    plan = IngestPlan()
+    for t in tracks:
+        genre = labels[t.track_id].genre if t.track_id in labels else None
+        have = index.get(t.track_id)
+        m = manifest.get(t.track_id)
+        current = m is not None and m.features_key == fkey
+        if m is not None:
+            held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
+        else:  # rows a run killed before its manifest commit wrote: under the last commit's key
+            held_ok = have is not None and ds_key == fkey
+        if current and m.same_listing(t) and m.genre == genre:
+            if held_ok and have[1] == genre:
+                plan.skipped_unchanged += 1
+                plan.kept.append(m)
+                continue
+            if m.status == "rejected" and rejected_shas.get(t.uri) == m.sha256:
+                plan.skipped_rejected += 1
+                plan.kept.append(m)
+                continue
+        # Rows made under other feature settings (or of unknown ones) are never kept as they are.
+        skip_sha = have[0] if held_ok and have[1] == genre else None
+        plan.tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, rejected_shas.get(t.uri)))
+    plan.tasks = spread(plan.tasks)
+    return plan
+
+
 @dataclass
 class IngestSummary:
     run_id: str
@@ -278,11 +349,7 @@ def _ingest(
     sc = spark.sparkContext
 
     old_files = commit.table_files(storage, ds_uri)
-    index: dict[str, tuple[str, str | None, set[str]]] = {}
-    if old_files:
-        for track_id, sha, genre, f in index_dataset(spark, cfg, old_files):
-            entry = index.setdefault(track_id, (sha, genre, set()))
-            entry[2].add(f)
+    index = track_index(index_dataset(spark, cfg, old_files) if old_files else [])
     labelled = sum(1 for _sha, genre, _files in index.values() if genre is not None)
     labels, new_rejects = read_labels(storage, cfg, labelled, labels_missing_ok)
     tracks: list[Track] = []
@@ -313,43 +380,15 @@ def _ingest(
     check_deletions("ingest", ds_uri, len(gone), len(index), cfg.catalogue.max_delete_share, allow_mass_delete)
     summary.deleted = len(gone)
     old_manifest = read_manifest(storage, mf_uri)
-    manifest = {} if full else old_manifest
-    if full:
-        index = {}
     reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-", fkey)
     ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
 
-    # From the listing alone: a track whose file (uri, size, ETag/mtime), label and feature
-    # settings are those of its manifest row, and whose outcome is still on record, is not
-    # fetched. Otherwise it is fetched and hashed; equal bytes are then skipped, not decoded.
-    tasks = []
-    kept: list[Entry] = []  # manifest rows of the tracks not fetched
-    for t in tracks:
-        genre = labels[t.track_id].genre if t.track_id in labels else None
-        have = index.get(t.track_id)
-        m = manifest.get(t.track_id)
-        current = m is not None and m.features_key == fkey
-        if m is not None:
-            held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
-        else:  # rows a run killed before its manifest commit wrote: under the last commit's key
-            held_ok = have is not None and ds_key == fkey
-        if current and m.same_listing(t) and m.genre == genre:
-            if held_ok and have[1] == genre:
-                summary.skipped_unchanged += 1
-                kept.append(m)
-                continue
-            if m.status == "rejected" and rejected_shas.get(t.uri) == m.sha256:
-                summary.skipped_rejected += 1
-                kept.append(m)
-                continue
-        # Rows made under other feature settings (or of unknown ones) are never kept as they are.
-        skip_sha = have[0] if held_ok and have[1] == genre else None
-        tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, None if full else rejected_shas.get(t.uri)))
+    plan = plan_ingest(tracks, labels, index, old_manifest, rejected_shas, fkey, ds_key, full)
+    tasks, kept = plan.tasks, plan.kept
+    summary.skipped_unchanged += plan.skipped_unchanged
+    summary.skipped_rejected += plan.skipped_rejected
     summary.fetched = len(tasks)
 
-    # Catalogues are laid out by genre; spread each folder over all partitions (deterministic
-    # order) so every file, row group and training shard mixes genres and track lengths.
-    tasks.sort(key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
     results: list[IngestPartitionResult] = []
     if tasks:
         n_parts = max(

@@ -21,7 +21,6 @@ between the two commits). With the option off the timelines table is neither rea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -41,9 +40,9 @@ from genrecast.config import Config
 from genrecast.dataset import manifest_uri, previous_rejects, reject_key, rejects_uri, scores_uri, timelines_uri
 from genrecast.errors import ConfigError, JobError
 from genrecast.features import features_key
-from genrecast.manifest import read_manifest
+from genrecast.manifest import Entry, read_manifest
 from genrecast.storage import Storage, join
-from genrecast.tasks import PartitionResult, TrackTask, changed_inputs
+from genrecast.tasks import PartitionResult, Plan, TrackTask, changed_inputs, spread
 
 # Before any TensorFlow import in this process (driver or Spark worker): see genrecast.model.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -462,6 +461,41 @@ def run_score(
     return summary
 
 
+def plan_score(
+    tracks: Iterable[Track],
+    index: dict[str, tuple[str | None, set[str]]],
+    manifest: dict[str, Entry],
+    rejected_shas: dict[str, str],
+    backfill: bool = False,
+) -> Plan:
+    """Decide, from metadata alone (no Spark, no storage), which listed tracks a run fetches.
+
+    ``index``: track_id -> (the sha256 the scores table holds, None if its rows disagree; files);
+    ``manifest``: ingest's catalogue manifest; ``rejected_shas``: ``{source_uri: sha256}`` score
+    rejected under the current features_key. ``backfill``: every track fetched and scored.
+
+    Where the listing still shows the file (uri, size, ETag/mtime) a manifest row was made from,
+    the row's sha256 is the file's, and a track scored (or rejected) with that sha is not
+    fetched. A track ingest has not read yet (or read before it changed) is fetched and hashed.
+    """
+    if backfill:
+        index, manifest, rejected_shas = {}, {}, {}
+    plan = Plan()
+    for t in tracks:
+        m = manifest.get(t.track_id)
+        known_sha = m.sha256 if m is not None and m.same_listing(t) else None
+        scored_sha = index[t.track_id][0] if t.track_id in index else None
+        rejected_sha = rejected_shas.get(t.uri)
+        if known_sha is not None and known_sha == scored_sha:
+            plan.skipped_unchanged += 1
+        elif known_sha is not None and known_sha == rejected_sha:
+            plan.skipped_rejected += 1
+        else:
+            plan.tasks.append(TrackTask(t.track_id, t.uri, skip_sha=scored_sha, rejected_sha=rejected_sha))
+    plan.tasks = spread(plan.tasks)
+    return plan
+
+
 def _score(
     cfg: Config,
     spark: Any,
@@ -510,26 +544,13 @@ def _score(
     fkey = features_key(cfg.audio, cfg.ingest)
     reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX, fkey)
 
-    # Listing-level change detection through ingest's catalogue manifest: where the listing
-    # still shows the file (uri, size, ETag/mtime) a manifest row was made from, the row's
-    # sha256 is the file's, and a track scored (or rejected) with that sha is not fetched. A track
-    # ingest has not read yet (or read before it changed) is fetched and hashed as before.
+    # Listing-level change detection through ingest's catalogue manifest (see plan_score).
     manifest = {} if backfill else read_manifest(storage, manifest_uri(cfg))
-    tasks = []
-    for t in tracks:
-        m = manifest.get(t.track_id)
-        known_sha = m.sha256 if m is not None and m.same_listing(t) else None
-        scored_sha = index[t.track_id][0] if t.track_id in index else None
-        rejected_sha = None if backfill else rejected_shas.get(t.uri)
-        if known_sha is not None and known_sha == scored_sha:
-            summary.skipped_unchanged += 1
-        elif known_sha is not None and known_sha == rejected_sha:
-            summary.skipped_rejected += 1
-        else:
-            tasks.append(TrackTask(t.track_id, t.uri, skip_sha=scored_sha, rejected_sha=rejected_sha))
+    plan = plan_score(tracks, index, manifest, rejected_shas, backfill)
+    tasks = plan.tasks
+    summary.skipped_unchanged += plan.skipped_unchanged
+    summary.skipped_rejected += plan.skipped_rejected
     summary.fetched = len(tasks)
-    # Catalogues are laid out by genre and long tracks cluster; a hash order spreads both.
-    tasks.sort(key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
     results: list[ScorePartitionResult] = []
     if tasks:
         n_parts = max(

@@ -31,6 +31,23 @@ class TrackTask:
 
 
 @dataclass
+class Plan:
+    """What a run fetches, decided on the driver from metadata alone: ``tasks`` (in
+    :func:`spread` order) and how many listed tracks it skips without reading a byte."""
+
+    tasks: list[TrackTask] = field(default_factory=list)
+    skipped_unchanged: int = 0  # the job's table holds this very file's output
+    skipped_rejected: int = 0  # rejected before: same file (and features)
+
+
+def spread(tasks: Iterable[TrackTask]) -> list[TrackTask]:
+    """Tasks in the order of their track id's sha256: catalogues are laid out by genre and long
+    tracks cluster, so this spreads each folder over all partitions (deterministically) and
+    every file, row group and training shard mixes genres and track lengths."""
+    return sorted(tasks, key=lambda t: hashlib.sha256(t.track_id.encode()).digest())
+
+
+@dataclass
 class PartitionResult:
     """What one executor task reports back."""
 
