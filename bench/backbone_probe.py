@@ -1,7 +1,7 @@
 """Frozen-backbone probe on a trained model's split: per-track mean + std of a backbone's
 features over the clips, standardised, logistic regression fitted on the train + val tracks and
-tested on the test tracks - the same split and the same classifier as train's MFCC baseline,
-which is printed beside it. It answers "are the features good on this catalogue?" apart from
+tested on the test tracks. Beside them, the same treatment of train's per-clip MFCC statistics
+(train's own baseline averages them per track without the std, so its number differs). It answers "are the features good on this catalogue?" apart from
 how a head is trained. The dataset must have been ingested with the backbone's audio profile.
 
 Usage (environment as for the training run, e.g. GENRECAST__AUDIO__SAMPLE_RATE=16000 ...):
@@ -55,7 +55,7 @@ def main() -> None:
         pred = report.baseline_mfcc_logreg(feats[fit], y_t[fit], feats[test], meta["split"]["seed"])
         return float(np.mean(pred == y_t[test]))
 
-    results = [("MFCC statistics (train's baseline)", score(track_stats(np.stack([mfcc_stats(c) for c in x]))), 0.0)]
+    results = [("MFCC statistics (mean + std)", score(track_stats(np.stack([mfcc_stats(c) for c in x]))), 0.0)]
     for name in args.backbones:
         check_profile(cfg.audio, name)
         model = build_backbone(name)
