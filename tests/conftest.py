@@ -101,7 +101,11 @@ def write_config(folder: Path, extra: str = "") -> Config:
         f"catalogue: {{audio_uri: {folder / 'audio'}, labels_uri: {folder / 'labels.csv'}}}\n"
         "ingest: {tracks_per_partition: 3}\n" + extra
     )
-    return load_config(conf)
+    cfg = load_config(conf)
+    # A later section in ``extra`` replaces the whole section above (YAML: the last key wins); a
+    # `storage:` one would drop the root and send the test's writes to the repo's data/genrecast.
+    assert cfg.storage.root.startswith(str(folder)), f"{conf}: storage.root {cfg.storage.root} left the test folder"
+    return cfg
 
 
 TRAINED_GENRES = ["low", "high", "noise"]  # the ``trained`` fixture's labels (see synthetic_track)

@@ -116,7 +116,9 @@ def test_compaction_killed_mid_commit_is_completed_by_the_next_run(tmp_path, spa
 
 
 def test_compaction_of_a_table_another_run_writes_exits_2(tmp_path, spark):
-    cfg = _appended(tmp_path, spark, "storage: {lease: {wait_seconds: 0.3, poll_seconds: 0.1}}\n", appends=1)
+    cfg = _appended(tmp_path, spark, appends=1)
+    # Set here, not as YAML: a second `storage:` section would replace the one holding the root.
+    cfg.storage.lease.wait_seconds, cfg.storage.lease.poll_seconds = 0.3, 0.1
     with TableLease(Storage(), mels_uri(cfg), "20260101T000000Z-other0", "ingest", wait_seconds=0):
         with pytest.raises(TableBusy, match="being written by run 20260101T000000Z-other0") as busy:
             run_compact(cfg, spark, table="mels")

@@ -238,8 +238,8 @@ def test_s3_clients_take_the_configured_bound_and_timeouts(tmp_path):
 
     cfg = write_config(
         tmp_path,
-        "storage: {s3: {endpoint_url: 'http://127.0.0.1:1', retry_attempts: 3, read_timeout_s: 2.5, "
-        "connect_timeout_s: 0.5}}\n",
+        f"storage: {{root: {tmp_path / 'out'}, s3: {{endpoint_url: 'http://127.0.0.1:1', retry_attempts: 3, "
+        "read_timeout_s: 2.5, connect_timeout_s: 0.5}}\n",
     )
     s = Storage.from_config(cfg)
     assert (s.retry_attempts, s.read_timeout_s, s.connect_timeout_s) == (3, 2.5, 0.5)
