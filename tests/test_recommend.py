@@ -24,7 +24,7 @@ from genrecast.similar import format_similar, similar_for_audio, similar_for_tra
 from genrecast.storage import Storage, join
 from genrecast.train import run_train
 
-from conftest import run_while_staging, synthetic_track, write_audio, write_config
+from conftest import fetches, run_while_staging, synthetic_track, write_audio, write_config
 
 DIM = 128
 
@@ -235,6 +235,20 @@ def test_similar_for_track_reads_the_table(catalogue, first_run, spark):
     assert rows[0]["similarity"] >= rows[-1]["similarity"]
     with pytest.raises(JobError, match="'g1/nope' is not in the neighbours table"):
         similar_for_track(cfg, "g1/nope", k=3, model="m1")
+
+
+def test_similar_for_track_reads_one_part_and_the_scores_only_until_it_has_the_genres(catalogue, first_run):
+    cfg, _ = catalogue
+    # a query with an unlabelled neighbour (the t039 tracks have no labels.csv row)
+    query = next(r["track_id"] for r in read_table(cfg, "m1") if r["neighbour_id"] == "g0/t039" and r["rank"] <= 3)
+    root = cfg.storage.root
+    with fetches(root) as got:
+        rows = similar_for_track(cfg, query, k=3, model="m1")
+    assert {r["track_id"]: r["genre"] for r in rows}["g0/t039"] == "g0"  # the predicted genre
+    parts = [u for u in got if "/neighbours/" in u and u.endswith(".parquet")]
+    scores = [u for u in got if "/scores/" in u]
+    assert len(parts) == 1 and len(commit.table_files(Storage(), neighbours_uri(cfg, "m1"))) > 1
+    assert [u.rsplit("/", 1)[-1] for u in scores] == ["part-00000.parquet"]  # g0 is in the first file: stop there
 
 
 @pytest.mark.parametrize("method", ["hnsw", "ivf"])

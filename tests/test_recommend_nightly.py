@@ -60,11 +60,9 @@ def test_update_bucket_equals_exact_search_on_the_new_catalogue(seed):
     changes = find_changes(versions_old, list(new_ids_arr), versions)
     assert len(changes.changed_rows) == 11 and len(changes.deleted) == 5
 
-    stale = frozenset([new_ids_arr[i] for i in changes.changed_rows] + changes.deleted)
     rows = np.arange(len(new_ids_arr))
-    out = update_bucket(
-        old, rows, new_x, group_keys(new_shas), new_ids_arr, changes.changed_rows, stale, k, block_elements=37 * 160
-    )
+    keys = group_keys(new_shas)
+    out = update_bucket(old, rows, new_x, keys, new_ids_arr, changes.changed_rows, k, block_elements=37 * 160)
     assert out is not None
     idx, sim, counts = out
     want_idx, want_sim = _exact_lists(new_x, new_shas, k)
@@ -74,7 +72,7 @@ def test_update_bucket_equals_exact_search_on_the_new_catalogue(seed):
     # the same catalogue again: nothing changes
     same = neighbours_part(rows, idx, sim, new_ids_arr, "m")
     none = np.zeros(0, np.int64)
-    assert update_bucket(same, rows, new_x, group_keys(new_shas), new_ids_arr, none, frozenset(), k) is None
+    assert update_bucket(same, rows, new_x, keys, new_ids_arr, none, k) is None
 
 
 def _parts(cfg, model_id: str) -> set[str]:

@@ -115,16 +115,31 @@ class BucketResult:
     dropped: int = 0  # deleted tracks' lists removed
 
 
-def _old_lists(table: pa.Table) -> dict[str, tuple[list[str], list[float]]]:
-    """A part's rows -> ``{track_id: ([neighbour ids], [similarities])}`` in rank order."""
-    table = table.sort_by([("track_id", "ascending"), ("rank", "ascending")])
-    out: dict[str, tuple[list[str], list[float]]] = {}
-    cols = (table.column(c).to_pylist() for c in ("track_id", "neighbour_id", "similarity"))
-    for t, nb, s in zip(*cols, strict=True):
-        entry = out.setdefault(t, ([], []))
-        entry[0].append(nb)
-        entry[1].append(s)
-    return out
+def _stored(
+    old: pa.Table, rows: np.ndarray, track_ids: np.ndarray, changed: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The stored lists of queries ``rows`` (sorted catalogue rows; ``track_ids`` sorted) as
+    (r, k) catalogue rows now (-1: none, -2: a track gone from the catalogue) and (r, k)
+    similarities; (r,) bool: the list names a changed or gone track; how many stored queries
+    are gone. Vectorised (Arrow hash look-ups), no Python loop over rows."""
+    import pyarrow.compute as pc
+
+    idx = np.full((len(rows), k), -1, np.int64)
+    sim = np.full((len(rows), k), np.nan, np.float32)
+    stale = np.zeros(len(rows), bool)
+    if old.num_rows == 0:
+        return idx, sim, stale, 0
+    q = pc.index_in(old.column("track_id"), value_set=pa.array(track_ids[rows], pa.string()))
+    dropped = len(pc.unique(pc.filter(old.column("track_id"), pc.is_null(q))))
+    nb = pc.index_in(old.column("neighbour_id"), value_set=pa.array(track_ids, pa.string()))
+    rank = old.column("rank").to_numpy()
+    ok = pc.is_valid(q).to_numpy(zero_copy_only=False) & (rank >= 1) & (rank <= k)
+    qi = q.to_numpy(zero_copy_only=False)[ok].astype(np.int64)
+    nbi = pc.fill_null(nb, -2).to_numpy()[ok].astype(np.int64)
+    idx[qi, rank[ok] - 1] = nbi
+    sim[qi, rank[ok] - 1] = old.column("similarity").to_numpy()[ok]
+    stale[qi[(nbi == -2) | changed[np.maximum(nbi, 0)]]] = True
+    return idx, sim, stale, dropped
 
 
 def update_bucket(
@@ -134,7 +149,6 @@ def update_bucket(
     sha_keys: np.ndarray,
     track_ids: np.ndarray,
     changed_rows: np.ndarray,
-    stale: frozenset[str],
     k: int,
     block_elements: int = BLOCK_ELEMENTS,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]] | None:
@@ -142,18 +156,13 @@ def update_bucket(
 
     ``old``: the bucket's stored rows; ``rows``: (r,) sorted catalogue rows of its query tracks now;
     ``vectors`` (n, d) unit rows, ``sha_keys`` (n,), ``track_ids`` (n,) the catalogue now (sorted);
-    ``changed_rows`` (c,) catalogue rows new or changed; ``stale``: ids changed or deleted.
+    ``changed_rows`` (c,) catalogue rows new or changed since the stored lists were made.
     Returns ((r, k) neighbour rows (-1: none), (r, k) similarities, counts).
     """
-    lists = _old_lists(old)
     changed = np.zeros(len(track_ids), bool)
     changed[changed_rows] = True
-    ids_now = {track_ids[r] for r in rows.tolist()}
-    dropped = sum(1 for t in lists if t not in ids_now)
-    redo = np.asarray(
-        [changed[r] or any(nb in stale for nb in lists.get(track_ids[r], ((), ()))[0]) for r in rows.tolist()], bool
-    )
-    old_idx, old_sim = _stored(lists, rows, track_ids, k)
+    old_idx, old_sim, names_stale, dropped = _stored(old, rows, track_ids, changed, k)
+    redo = changed[rows] | names_stale
     idx, sim = old_idx.copy(), old_sim.copy()
     if redo.any():
         q = rows[redo]
@@ -188,24 +197,6 @@ def update_bucket(
         return None
     counts = {"recomputed": int(redo.sum()), "updated": int((differ & ~redo).sum()), "dropped": dropped}
     return idx, sim, counts
-
-
-def _stored(
-    lists: dict[str, tuple[list[str], list[float]]], rows: np.ndarray, track_ids: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The stored lists of queries ``rows`` as (r, k) catalogue rows now (-1: none, -2: a track
-    no longer in the catalogue) and similarities; ``track_ids`` is sorted."""
-    idx = np.full((len(rows), k), -1, np.int64)
-    sim = np.full((len(rows), k), np.nan, np.float32)
-    for j, r in enumerate(rows.tolist()):
-        nbs, sims = lists.get(track_ids[r], ([], []))
-        if not nbs:
-            continue
-        names = np.asarray(nbs[:k], dtype=object)
-        at = np.minimum(np.searchsorted(track_ids, names), len(track_ids) - 1)
-        idx[j, : len(names)] = np.where(track_ids[at] == names, at, -2)
-        sim[j, : len(names)] = sims[:k]
-    return idx, sim
 
 
 def neighbours_part(
@@ -245,7 +236,6 @@ class NightlyJob:
     sha_keys: Any  # Broadcast of (n,) int64
     track_ids: Any  # Broadcast of (n,) object array of str
     changed_rows: Any  # Broadcast of (c,) int64
-    stale: Any  # Broadcast of a frozenset of changed and deleted track ids
     k: int
     model_id: str
     table_uri: str
@@ -263,9 +253,7 @@ def run_bucket(job: NightlyJob, bucket: int, rows: np.ndarray, files: list[str])
     old = read_parts(job.storage, files)
     ids = job.track_ids.value
     with threadpool_limits(limits=job.cpus):  # BLAS defaults to every core; the task owns spark.task.cpus
-        out = update_bucket(
-            old, rows, job.vectors.value, job.sha_keys.value, ids, job.changed_rows.value, job.stale.value, job.k
-        )
+        out = update_bucket(old, rows, job.vectors.value, job.sha_keys.value, ids, job.changed_rows.value, job.k)
     if out is None:
         return BucketResult(bucket, False, None, final, old.num_rows)
     idx, sim, counts = out
@@ -301,13 +289,11 @@ def fan_out(
         for b in range(buckets)
         if bounds[b + 1] > bounds[b] or files.get(b)
     ]
-    stale = frozenset([track_ids[i] for i in changes.changed_rows.tolist()] + changes.deleted)
     broadcasts = [
         sc.broadcast(vectors),
         sc.broadcast(sha_keys),
         sc.broadcast(np.asarray(track_ids, dtype=object)),
         sc.broadcast(changes.changed_rows),
-        sc.broadcast(stale),
     ]
     job = NightlyJob(*broadcasts, buckets=buckets, cpus=int(sc.getConf().get("spark.task.cpus", "1")), **job_args)
     try:
