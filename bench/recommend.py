@@ -31,7 +31,7 @@ from genrecast.neighbours import (
     recall_at_k,
 )
 
-CHUNK = 10_000  # queries per call, like one Spark task (recommend.QUERIES_PER_PARTITION)
+CHUNK = 10_000  # queries per call, like one Spark task (genrecast.recommend.QUERIES_PER_PARTITION)
 
 
 def make_vectors(kind: str, n: int, dim: int, seed: int = 0) -> np.ndarray:

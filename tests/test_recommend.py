@@ -13,23 +13,18 @@ import pyarrow as pa
 import pytest
 
 from genrecast import commit, registry
+from genrecast.dataset import neighbours_uri, scores_uri
 from genrecast.errors import JobError
 from genrecast.ingest import run_ingest
 from genrecast.neighbours import Exclusion, exact_topk, l2_normalise
-from genrecast.recommend import (
-    format_similar,
-    genre_precision,
-    neighbours_uri,
-    report_uri,
-    run_recommend,
-    scores_uri,
-    similar_for_audio,
-    similar_for_track,
-)
+from genrecast.neighbours_table import report_uri
+from genrecast.recommend import run_recommend
+from genrecast.recommend_quality import genre_precision
+from genrecast.similar import format_similar, similar_for_audio, similar_for_track
 from genrecast.storage import Storage, join
 from genrecast.train import run_train
 
-from conftest import run_while_staging, synthetic_track, write_audio, write_config
+from conftest import fetches, run_while_staging, synthetic_track, write_audio, write_config
 
 DIM = 128
 
@@ -39,10 +34,20 @@ def publish_model(cfg, model_id: str, genres: list[str]) -> None:
     registry.publish(cfg, model_id, {"model_id": model_id, "genres": genres, "split": {"tracks": {}}})
 
 
-def write_scores(cfg, model_id: str, ids: list[str], emb: np.ndarray, shas: list[str], genres: list[str]) -> None:
-    """A scores table with the contract columns, spread over two files like a real run."""
+def write_scores(
+    cfg,
+    model_id: str,
+    ids: list[str],
+    emb: np.ndarray,
+    shas: list[str],
+    genres: list[str],
+    scored_at: list[datetime] | None = None,
+) -> None:
+    """A scores table with the contract columns, spread over two files like a real run
+    (``scored_at``: per track, default now)."""
     storage = Storage()
     n = len(ids)
+    when = scored_at or [datetime.now(UTC)] * n
     for part, rows in enumerate(np.array_split(np.arange(n), 2)):
         table = pa.table(
             {
@@ -54,7 +59,7 @@ def write_scores(cfg, model_id: str, ids: list[str], emb: np.ndarray, shas: list
                 "embedding": pa.array([emb[i].tolist() for i in rows], pa.list_(pa.float32())),
                 "n_clips": pa.array(np.full(len(rows), 3), pa.int32()),
                 "audio_sha256": pa.array([shas[i] for i in rows], pa.string()),
-                "scored_at": pa.array([datetime.now(UTC)] * len(rows), pa.timestamp("us", tz="UTC")),
+                "scored_at": pa.array([when[i] for i in rows], pa.timestamp("us", tz="UTC")),
             }
         )
         storage.write_parquet(join(scores_uri(cfg, model_id), f"part-{part:05d}.parquet"), table)
@@ -230,6 +235,20 @@ def test_similar_for_track_reads_the_table(catalogue, first_run, spark):
     assert rows[0]["similarity"] >= rows[-1]["similarity"]
     with pytest.raises(JobError, match="'g1/nope' is not in the neighbours table"):
         similar_for_track(cfg, "g1/nope", k=3, model="m1")
+
+
+def test_similar_for_track_reads_one_part_and_the_scores_only_until_it_has_the_genres(catalogue, first_run):
+    cfg, _ = catalogue
+    # a query with an unlabelled neighbour (the t039 tracks have no labels.csv row)
+    query = next(r["track_id"] for r in read_table(cfg, "m1") if r["neighbour_id"] == "g0/t039" and r["rank"] <= 3)
+    root = cfg.storage.root
+    with fetches(root) as got:
+        rows = similar_for_track(cfg, query, k=3, model="m1")
+    assert {r["track_id"]: r["genre"] for r in rows}["g0/t039"] == "g0"  # the predicted genre
+    parts = [u for u in got if "/neighbours/" in u and u.endswith(".parquet")]
+    scores = [u for u in got if "/scores/" in u]
+    assert len(parts) == 1 and len(commit.table_files(Storage(), neighbours_uri(cfg, "m1"))) > 1
+    assert [u.rsplit("/", 1)[-1] for u in scores] == ["part-00000.parquet"]  # g0 is in the first file: stop there
 
 
 @pytest.mark.parametrize("method", ["hnsw", "ivf"])

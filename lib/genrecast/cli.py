@@ -191,7 +191,7 @@ def cmd_recommend(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.spark import spark_session
 
     with spark_session(cfg) as spark:
-        summary = run_recommend(cfg, spark, model=args.model, k=args.k, method=args.method)
+        summary = run_recommend(cfg, spark, model=args.model, k=args.k, method=args.method, mode=args.mode)
     print("\n".join(summary.lines()))
     return 0
 
@@ -217,7 +217,7 @@ def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_similar(cfg: Config, args: argparse.Namespace) -> int:
-    from genrecast.recommend import format_similar, similar_for_audio, similar_for_track
+    from genrecast.similar import format_similar, similar_for_audio, similar_for_track
 
     k = args.k or cfg.recommend.k
     if args.track is not None:
@@ -375,10 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
         "recall@k against exact search printed. A track is never its own neighbour; tracks with identical audio "
         "are reported and never recommended to each other. Beside the table, _report/ holds quality.json "
         "(genre precision@k with and without an artist filter, vs an MFCC baseline), duplicates.csv and "
-        "embedding_map.png.",
+        "embedding_map.png. --mode nightly updates the stored table for the tracks new, changed or deleted "
+        "since the last run (exact search, only the changed buckets rewritten; quality.json and the map are "
+        "kept), or recomputes it all when more than recommend.full_recompute_share of the tracks changed.",
     )
     p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
     p.add_argument("-k", type=_positive, help="neighbours per track (default: recommend.k)")
+    p.add_argument(
+        "--mode",
+        choices=["full", "nightly"],
+        default="full",
+        help="full: recompute every list (default); nightly: update only what changed since the last run",
+    )
     p.add_argument(
         "--method", choices=["auto", "exact", "hnsw", "ivf"], help="search method (default: recommend.method)"
     )
@@ -412,11 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "nightly",
         parents=[common],
-        help="ingest -> score --mode nightly -> recommend -> compact, with one JSON run report",
-        description="Run ingest, score --mode nightly, recommend and compact (where compact.min_files is "
-        "reached) in one Spark session and write <storage.root>/reports/nightly/<run_id>.json: per stage its "
-        "exit code, seconds, counts and summary. A failed stage skips the ones after it. Exit code: the worst "
-        "stage's (0 ok, 1 job failure, 2 bad configuration or a busy table: retry later).",
+        help="ingest -> score --mode nightly -> recommend --mode nightly -> compact, with one JSON run report",
+        description="Run ingest, score --mode nightly, recommend --mode nightly and compact (where "
+        "compact.min_files is reached) in one Spark session and write "
+        "<storage.root>/reports/nightly/<run_id>.json: per stage its exit code, seconds, counts and summary. "
+        "A failed stage skips the ones after it. Exit code: the worst stage's (0 ok, 1 job failure, "
+        "2 bad configuration or a busy table: retry later).",
     )
     p.add_argument("--model", default="latest", metavar="ID", help="model id or 'latest' (default)")
     p.add_argument("--no-compact", action="store_true", help="leave out the compact stage")

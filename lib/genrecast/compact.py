@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TABLES = ("mels", "scores", "timelines", "neighbours", "rejects")
 MODEL_TABLES = ("scores", "timelines", "neighbours")
-_BUCKET = re.compile(r"-(\d+)-of-(\d+)\.parquet$")  # recommend's part names (genrecast.recommend._PART)
+_BUCKET = re.compile(r"-(\d+)-of-(\d+)\.parquet$")  # recommend's part names (genrecast.neighbours_table.PART)
 
 
 def group_key(name: str) -> tuple[str, str]:

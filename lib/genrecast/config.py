@@ -182,6 +182,8 @@ class RecommendConf(_Section):
     recall_queries: int = Field(1000, gt=0)  # ANN runs: queries sampled to measure recall@k vs exact
     quality_tracks: int = Field(20_000, gt=1)  # labelled tracks sampled for precision@k
     baseline: bool = True  # MFCC-statistics baseline: one Spark pass over the mel dataset
+    # --mode nightly: a full recompute instead when more than this share of tracks changed
+    full_recompute_share: float = Field(0.2, ge=0, le=1)
 
 
 class ScoreConf(_Section):

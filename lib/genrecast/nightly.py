@@ -1,4 +1,4 @@
-"""``genrecast nightly``: ingest -> score (nightly) -> recommend -> compact in one Spark session,
+"""``genrecast nightly``: ingest -> score (nightly) -> recommend (nightly) -> compact in one Spark session,
 with one JSON run report at ``<root>/reports/nightly/<run_id>.json``.
 
 A stage that fails (any exception but an interrupt) is recorded with its exit code and one-line
@@ -138,7 +138,7 @@ def run_nightly(cfg: Config, spark: Any, model: str = "latest", compact: bool = 
     jobs: list[tuple[str, Callable[[], Any]]] = [
         ("ingest", lambda: run_ingest(cfg, spark)),
         ("score", lambda: run_score(cfg, spark, mode="nightly", model=model)),
-        ("recommend", lambda: run_recommend(cfg, spark, model=model)),
+        ("recommend", lambda: run_recommend(cfg, spark, model=model, mode="nightly")),
     ]
     if compact:
         jobs.append(("compact", lambda: run_compact(cfg, spark, "all", model)))

@@ -5,7 +5,7 @@ The notebooks tell the story of one configured run (``$GENRECAST_CONF``, default
 recommendations. Everything here only reads what the jobs wrote and tabulates or plots it; the
 pipeline's own logic is called, never copied (decoding: :mod:`genrecast.audio`, mels:
 :mod:`genrecast.features`, test clips: :mod:`genrecast.train_worker`, the model:
-:mod:`genrecast.model`, neighbours: :mod:`genrecast.recommend`).
+:mod:`genrecast.model`, neighbours: :mod:`genrecast.neighbours_table`, :mod:`genrecast.similar`).
 
 ``python -m genrecast.notebook_helpers [--conf FILE] [--out DIR] NOTEBOOK...`` executes
 notebooks with the current Python's ipykernel (no Jupyter kernel needs registering) and writes
@@ -250,7 +250,7 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
 
 def neighbours_report_file(cfg: Config, model_id: str, name: str) -> bytes:
     """A file of ``<root>/neighbours/model=<id>/_report/`` (quality.json, embedding_map.png...)."""
-    from genrecast.recommend import report_uri
+    from genrecast.neighbours_table import report_uri
 
     return Storage.from_config(cfg).read_bytes(join(report_uri(cfg, model_id), name))
 
@@ -278,7 +278,7 @@ def example_queries(cfg: Config, model_id: str, per_genre: int = 1, max_genres: 
     never trained on them), ``per_genre`` from each of the first ``max_genres`` genres."""
     from genrecast.catalogue import load_labels
     from genrecast.dataset import scores_uri
-    from genrecast.recommend import read_scores
+    from genrecast.neighbours_table import read_scores
 
     storage = Storage.from_config(cfg)
     labels, _ = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
@@ -293,12 +293,12 @@ def example_queries(cfg: Config, model_id: str, per_genre: int = 1, max_genres: 
 
 
 def more_like_this(cfg: Config, track_ids: Sequence[str], k: int = 5, model: str = "latest") -> Any:
-    """:func:`genrecast.recommend.similar_for_track` for each query, as one DataFrame:
+    """:func:`genrecast.similar.similar_for_track` for each query, as one DataFrame:
     query, query genre (labels.csv), rank, neighbour, its genre, similarity, same genre."""
     import pandas as pd
 
     from genrecast.catalogue import load_labels
-    from genrecast.recommend import similar_for_track
+    from genrecast.similar import similar_for_track
 
     labels, _ = load_labels(Storage.from_config(cfg), cfg.catalogue.labels_uri, cfg.genres)
     rows = []
