@@ -1,8 +1,9 @@
 """Frozen-backbone probe on a trained model's split: per-track mean + std of a backbone's
 features over the clips, standardised, logistic regression fitted on the train + val tracks and
 tested on the test tracks. Beside them, the same treatment of train's per-clip MFCC statistics
-(train's own baseline averages them per track without the std, so its number differs). It answers "are the features good on this catalogue?" apart from
-how a head is trained. The dataset must have been ingested with the backbone's audio profile.
+(train's own baseline averages them per track without the std, so its number differs). It
+answers "are the features good on this catalogue?" apart from how a head is trained. The
+dataset must have been ingested with the backbone's audio profile.
 
 Usage (environment as for the training run, e.g. GENRECAST__AUDIO__SAMPLE_RATE=16000 ...):
   .venv/bin/python bench/backbone_probe.py --model MODEL_ID [--backbones musicnn-msd vgg-msd]
