@@ -135,19 +135,34 @@ def trained(tmp_path_factory, spark):
 
 
 @contextlib.contextmanager
-def fetches(prefix: str) -> Iterator[list[str]]:
-    """``with fetches(audio_uri) as got: run_job(...)``; then ``got`` lists the URIs below
-    ``prefix`` that any process read (``Storage.read_bytes`` / ``read_range``) during the block,
-    one entry per read, from the log the ``spark`` fixture turns on."""
+def fetch_ops(prefix: str) -> Iterator[list[tuple[str, str, int | None]]]:
+    """``with fetch_ops(uri) as got: run_job(...)``; then ``got`` lists ``(op, uri, bytes)`` for
+    every storage read below ``prefix`` by any process during the block (op ``read``: a whole
+    object, bytes None; ``range``: a range read of ``bytes``), from the log the ``spark``
+    fixture turns on."""
     path = Path(os.environ[FETCH_LOG_ENV])
     start = path.stat().st_size if path.exists() else 0
-    got: list[str] = []
+    got: list[tuple[str, str, int | None]] = []
     yield got
     with open(path) if path.exists() else contextlib.nullcontext(None) as fh:
         if fh is not None:
             fh.seek(start)
-            lines = fh.read().splitlines()
-            got.extend(u for _op, u in (line.split(" ", 1) for line in lines) if u.startswith(prefix.rstrip("/") + "/"))
+            for line in fh.read().splitlines():  # "op uri[\tbytes]"
+                op, rest = line.split(" ", 1)
+                uri, _, nbytes = rest.partition("\t")
+                if uri.startswith(prefix.rstrip("/") + "/"):
+                    got.append((op, uri, int(nbytes) if nbytes else None))
+
+
+@contextlib.contextmanager
+def fetches(prefix: str) -> Iterator[list[str]]:
+    """``with fetches(audio_uri) as got: run_job(...)``; then ``got`` lists the URIs below
+    ``prefix`` that any process read (``Storage.read_bytes`` / ``read_range``) during the block,
+    one entry per read."""
+    got: list[str] = []
+    with fetch_ops(prefix) as ops:
+        yield got
+    got.extend(uri for _op, uri, _n in ops)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from genrecast import commit, registry
@@ -20,7 +21,7 @@ from genrecast.manifest import read_manifest
 from genrecast.score import run_score
 from genrecast.storage import Storage
 
-from conftest import fetches, synthetic_track, tone, write_audio, write_config
+from conftest import fetch_ops, fetches, synthetic_track, tone, write_audio, write_config
 
 N = 18  # labelled tracks of the ``trained`` fixture (+ bad/text.mp3)
 
@@ -62,11 +63,22 @@ def test_nightly_runs_fetch_only_what_changed_and_drop_deleted_tracks(trained, t
     assert len(manifest) == N + 1 and manifest["bad/text"].status == "rejected"
     assert {e.features_key for e in manifest.values()} == {features_key(cfg.audio, cfg.ingest)}
 
-    # Unchanged: not one audio file opened by either job.
-    with fetches(audio) as got:
+    # Unchanged: not one audio file opened by either job, and no mel part read whole: the
+    # dataset index takes its three columns by range reads.
+    with fetches(audio) as got, fetch_ops(mels_uri(cfg)) as mel_reads:
         ingest = run_ingest(cfg, spark)
         score = run_score(cfg, spark, "nightly")
     assert got == []
+    parts = commit.table_files(Storage(), mels_uri(cfg))
+    assert [op for op, uri, _n in mel_reads if uri in parts] and all(
+        op == "range" for op, uri, _n in mel_reads if uri in parts
+    ), mel_reads
+    for part in parts:  # per part, fewer bytes read than its mel column alone holds
+        meta = pq.read_metadata(part)
+        mel = meta.schema.to_arrow_schema().get_field_index("mel")
+        mel_bytes = sum(meta.row_group(g).column(mel).total_compressed_size for g in range(meta.num_row_groups))
+        read = sum(n for _op, uri, n in mel_reads if uri == part)
+        assert read < mel_bytes, (part, read, mel_bytes, os.path.getsize(part))
     assert (ingest.fetched, ingest.skipped_unchanged, ingest.skipped_rejected, ingest.tracks_ok) == (0, N, 1, 0)
     assert (score.fetched, score.skipped_unchanged, score.skipped_rejected, score.scored) == (0, N, 1, 0)
 

@@ -224,15 +224,16 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS)
 FETCH_LOG_ENV = "GENRECAST_FETCH_LOG"
 
 
-def _log_fetch(op: str, uri: str) -> None:
+def _log_fetch(op: str, uri: str, nbytes: int | None = None) -> None:
     """With ``GENRECAST_FETCH_LOG=<file>`` in the environment (of the driver and, through the
-    Spark JVM's environment, of every Python worker), append ``<op> <uri>`` per object read:
-    an audit of what a job fetched, across processes (one short ``O_APPEND`` write a line)."""
+    Spark JVM's environment, of every Python worker), append ``<op> <uri>`` per object read
+    (``<op> <uri>\t<bytes>`` for range reads): an audit of what a job fetched, across processes
+    (one short ``O_APPEND`` write a line)."""
     path = os.environ.get(FETCH_LOG_ENV)
     if path:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{op} {uri}\n".encode())
+            os.write(fd, (f"{op} {uri}" + ("" if nbytes is None else f"\t{nbytes}") + "\n").encode())
         finally:
             os.close(fd)
 
@@ -457,13 +458,20 @@ class Storage:
         self.write_bytes(uri, buf.getvalue())
 
     def read_parquet(self, uri: str, columns: list[str] | None = None) -> Any:
+        """A Parquet file as a ``pyarrow.Table``. With ``columns``, only the footer and those
+        columns' chunks are read (range reads; on S3 one ranged GET each), never the whole
+        file: indexing a mel part for its ids costs kilobytes, not its mels."""
         import pyarrow.parquet as pq
 
-        # ParquetFile.read, not pq.read_table: read_table goes through the dataset scanner, whose
-        # background threads can still be alive at interpreter exit and abort the process
-        # ("terminate called without an active exception", apache/arrow#34314), which a short
-        # CLI command such as `similar` did about once in 45 runs.
-        return pq.ParquetFile(io.BytesIO(self.read_bytes(uri))).read(columns=columns)
+        # One thread: pyarrow's decode threads (read_table's scanner, or ParquetFile.read's
+        # use_threads) can still be alive at interpreter exit and abort the process
+        # ("terminate called without an active exception", apache/arrow#34314): a short
+        # `similar` did in 51 of 300 runs, a script reading 4 mel parts in 10 of 15; with
+        # use_threads=False 0 of 15. Jobs parallelise over files (tasks), not inside one.
+        if columns is None:
+            return pq.ParquetFile(io.BytesIO(self.read_bytes(uri))).read(use_threads=False)
+        with _RangeFile(self, normalize_uri(uri)) as fh:
+            return pq.ParquetFile(fh).read(columns=columns, use_threads=False)
 
     def size(self, uri: str) -> int:
         """Bytes in one file (FileNotFoundError if there is none)."""
@@ -489,7 +497,7 @@ class Storage:
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         """``length`` bytes from offset ``start`` (S3: one ranged GET)."""
         uri = normalize_uri(uri)
-        _log_fetch("range", uri)
+        _log_fetch("range", uri, length)
         if is_s3(uri):
             parsed = urlparse(uri)
 
@@ -708,6 +716,41 @@ def _local_lock(uri: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable view of one stored file whose reads are :meth:`Storage.read_range`
+    calls (retried like every storage call), for readers that seek (Parquet footers and column
+    chunks). The size comes from one HEAD / stat."""
+
+    def __init__(self, storage: Storage, uri: str) -> None:
+        super().__init__()
+        self._storage, self._uri = storage, uri
+        self._size = storage.size(uri)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._storage.read_range(self._uri, self._pos, n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def install_s3fs_retry_policy() -> None:
