@@ -14,6 +14,7 @@ import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +51,28 @@ def report_uri(cfg: Config, model_id: str) -> str:
 def bucket_of(track_id: str, buckets: int) -> int:
     """Stable across processes and runs (unlike ``hash``): which part file holds a track."""
     return zlib.crc32(track_id.encode()) % buckets
+
+
+def bucket_owners(track_ids: list[str], buckets: int) -> np.ndarray:
+    """(n,) int64: :func:`bucket_of` each track id."""
+    return np.fromiter((bucket_of(t, buckets) for t in track_ids), np.int64, len(track_ids))
+
+
+@dataclass(frozen=True)
+class BucketJob:
+    """What every per-bucket recommend task needs (full and nightly add their own fields); the
+    large parts travel as Spark broadcasts."""
+
+    vectors: Any  # Broadcast of (n, d) float32 unit rows
+    sha_keys: Any  # Broadcast of (n,) int64
+    track_ids: Any  # Broadcast of (n,) object array of str
+    k: int
+    model_id: str
+    table_uri: str
+    run_id: str
+    buckets: int
+    cpus: int
+    storage: Storage
 
 
 def part_name(run_id: str, bucket: int, buckets: int) -> str:

@@ -45,8 +45,9 @@ from genrecast.neighbours_table import (
     MAP_FILE,
     QUALITY_FILE,
     REPORT_DIR,
+    BucketJob,
     ScoresFrame,
-    bucket_of,
+    bucket_owners,
     catalogue_exclusions,
     duplicate_groups,
     part_name,
@@ -66,20 +67,8 @@ MODES = ("full", "nightly")
 
 
 @dataclass(frozen=True)
-class _FanOut:
-    """What every query task needs; the large parts travel as Spark broadcasts."""
-
-    vectors: Any  # Broadcast of (n, d) float32 unit rows
-    sha_keys: Any  # Broadcast of (n,) int64
-    track_ids: Any  # Broadcast of (n,) object array of str
+class _FanOut(BucketJob):
     index: Any  # Broadcast of an AnnIndex, or None for exact search
-    k: int
-    model_id: str
-    table_uri: str
-    run_id: str
-    buckets: int
-    cpus: int
-    storage: Storage
 
 
 def _query_bucket(job: _FanOut, bucket: int, rows: np.ndarray) -> tuple[str, str, int]:
@@ -111,7 +100,7 @@ def _fan_out(
     sc = spark.sparkContext
     n = len(frame.track_ids)
     buckets = max(min(n, 2 * sc.defaultParallelism), math.ceil(n / QUERIES_PER_PARTITION))
-    owner = np.fromiter((bucket_of(t, buckets) for t in frame.track_ids), np.int64, n)
+    owner = bucket_owners(frame.track_ids, buckets)
     jobs = [(b, rows) for b in range(buckets) if (rows := np.flatnonzero(owner == b)).size]
     broadcasts = [
         sc.broadcast(frame.embeddings),

@@ -31,7 +31,14 @@ import pyarrow as pa
 
 from genrecast import commit
 from genrecast.neighbours import BLOCK_ELEMENTS, Exclusion, exact_topk
-from genrecast.neighbours_table import NEIGHBOURS_SCHEMA, bucket_of, catalogue_exclusions, part_bucket, part_name
+from genrecast.neighbours_table import (
+    NEIGHBOURS_SCHEMA,
+    BucketJob,
+    bucket_owners,
+    catalogue_exclusions,
+    part_bucket,
+    part_name,
+)
 from genrecast.storage import Storage, join
 
 STATE_FILE = "_state/tracks.parquet"  # "_": no table reader lists it
@@ -229,20 +236,8 @@ def read_parts(storage: Storage, files: list[str]) -> pa.Table:
 
 
 @dataclass(frozen=True)
-class NightlyJob:
-    """What every bucket task needs; the large parts travel as Spark broadcasts."""
-
-    vectors: Any  # Broadcast of (n, d) float32 unit rows
-    sha_keys: Any  # Broadcast of (n,) int64
-    track_ids: Any  # Broadcast of (n,) object array of str
-    changed_rows: Any  # Broadcast of (c,) int64
-    k: int
-    model_id: str
-    table_uri: str
-    run_id: str
-    buckets: int
-    cpus: int
-    storage: Storage
+class NightlyJob(BucketJob):
+    changed_rows: Any  # Broadcast of (c,) int64: catalogue rows new or changed since the last run
 
 
 def run_bucket(job: NightlyJob, bucket: int, rows: np.ndarray, files: list[str]) -> BucketResult:
@@ -280,8 +275,7 @@ def fan_out(
 
     sc = spark.sparkContext
     buckets, files = layout
-    n = len(track_ids)
-    owner = np.fromiter((bucket_of(t, buckets) for t in track_ids), np.int64, n)
+    owner = bucket_owners(track_ids, buckets)
     order = np.argsort(owner, kind="stable")  # rows grouped by bucket, sorted by track id within
     bounds = np.searchsorted(owner[order], np.arange(buckets + 1))
     jobs = [
@@ -295,7 +289,13 @@ def fan_out(
         sc.broadcast(np.asarray(track_ids, dtype=object)),
         sc.broadcast(changes.changed_rows),
     ]
-    job = NightlyJob(*broadcasts, buckets=buckets, cpus=int(sc.getConf().get("spark.task.cpus", "1")), **job_args)
+    job = NightlyJob(
+        *broadcasts[:3],
+        changed_rows=broadcasts[3],
+        buckets=buckets,
+        cpus=int(sc.getConf().get("spark.task.cpus", "1")),
+        **job_args,
+    )
     try:
         rdd = sc.parallelize(jobs, len(jobs)).map(lambda j: run_bucket(job, *j))
         return with_progress(spark, "recommend", rdd.collect)
