@@ -112,6 +112,21 @@ TRAINED_GENRES = ["low", "high", "noise"]  # the ``trained`` fixture's labels (s
 TRAINED_PER_GENRE = 6
 
 
+def write_labelled_catalogue(
+    folder: Path, rng: np.random.Generator, per_genre: int, seconds: float = 6.2, artists: int | None = None
+) -> None:
+    """``per_genre`` synthetic wav tracks of each of TRAINED_GENRES under ``folder/audio`` (track
+    ids ``<genre>/<genre><i:02d>``) and ``folder/labels.csv``; with ``artists``, an artist column
+    ``<genre>-artist<i % artists>``."""
+    rows = ["track_id,genre" + (",artist" if artists else "")]
+    for kind in TRAINED_GENRES:
+        for i in range(per_genre):
+            track_id = f"{kind}/{kind}{i:02d}"
+            write_audio(folder / "audio" / f"{track_id}.wav", synthetic_track(kind, rng, seconds=seconds))
+            rows.append(f"{track_id},{kind}" + (f",{kind}-artist{i % artists}" if artists else ""))
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, spark):
     """(folder, config, model_id): 18 labelled 4.5 s tracks + one bad file, a 2-epoch model.
@@ -120,15 +135,9 @@ def trained(tmp_path_factory, spark):
     from genrecast.train import run_train
 
     root = tmp_path_factory.mktemp("score")
-    rng = np.random.default_rng(1)
-    rows = ["track_id,genre"]
-    for kind in TRAINED_GENRES:
-        for i in range(TRAINED_PER_GENRE):
-            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic_track(kind, rng, seconds=4.5))
-            rows.append(f"{kind}/{kind}{i:02d},{kind}")
+    write_labelled_catalogue(root, np.random.default_rng(1), TRAINED_PER_GENRE, seconds=4.5)
     (root / "audio/bad").mkdir()
     (root / "audio/bad/text.mp3").write_text("not audio\n" * 50)
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
     cfg = write_config(root, f"genres: {TRAINED_GENRES}\ntrain: {{epochs: 2, batch_size: 8, workers: 1}}\n")
     assert run_ingest(cfg, spark).tracks_ok == len(TRAINED_GENRES) * TRAINED_PER_GENRE
     return root, cfg, run_train(cfg, spark, workers=1, epochs=2).model_id

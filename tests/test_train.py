@@ -13,19 +13,13 @@ from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 from genrecast.train import run_train
 
-from conftest import synthetic_track, write_audio, write_config
+from conftest import write_config, write_labelled_catalogue
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, spark):
     root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    rows = ["track_id,genre,artist"]
-    for kind in ("low", "high", "noise"):
-        for i in range(12):
-            write_audio(root / "audio" / kind / f"{kind}{i:02d}.wav", synthetic_track(kind, rng))
-            rows.append(f"{kind}/{kind}{i:02d},{kind},{kind}-artist{i % 4}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    write_labelled_catalogue(root, np.random.default_rng(0), 12, artists=4)
     cfg = write_config(
         root,
         "genres: [low, high, noise]\n"
@@ -94,13 +88,7 @@ def test_backbone_head_trains_distributed_and_scores(tmp_path, spark):
     from genrecast.model import BACKBONE_FEATURES
     from genrecast.score import run_score
 
-    rng = np.random.default_rng(1)
-    rows = ["track_id,genre,artist"]
-    for kind in ("low", "high", "noise"):
-        for i in range(6):
-            write_audio(tmp_path / "audio" / kind / f"{kind}{i}.wav", synthetic_track(kind, rng, seconds=3.5))
-            rows.append(f"{kind}/{kind}{i},{kind},{kind}-artist{i % 3}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    write_labelled_catalogue(tmp_path, np.random.default_rng(1), 6, seconds=3.5, artists=3)
     cfg = write_config(
         tmp_path,
         "genres: [low, high, noise]\n"
