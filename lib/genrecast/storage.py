@@ -517,17 +517,17 @@ class Storage:
             return fh.read(length)
 
     def parquet_metadata(self, uri: str, size: int | None = None) -> Any:
-        """A Parquet file's footer (``pyarrow.parquet.FileMetaData``) from two range reads,
-        without fetching its data."""
+        """A Parquet file's footer (``pyarrow.parquet.FileMetaData``) by range reads of its tail,
+        without fetching its data; ``size`` (bytes) saves the HEAD / stat when known."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        size = self.size(uri) if size is None else size
-        tail = self.read_range(uri, size - 8, 8)
-        if len(tail) != 8 or tail[4:] != b"PAR1":
-            raise ValueError(f"{uri}: not a Parquet file")
-        footer_len = int.from_bytes(tail[:4], "little")
-        footer = self.read_range(uri, size - 8 - footer_len, footer_len)
-        return pq.read_metadata(io.BytesIO(b"PAR1" + footer + tail))
+        uri = normalize_uri(uri)
+        with _RangeFile(self, uri, size) as fh:
+            try:
+                return pq.ParquetFile(fh).metadata
+            except pa.ArrowInvalid:
+                raise ValueError(f"{uri}: not a Parquet file") from None
 
     def move(self, src: str, dst: str) -> None:
         """Move one file. Local: atomic rename. S3: copy then delete (the copy is atomic)."""
@@ -721,12 +721,12 @@ def _local_lock(uri: str) -> Iterator[None]:
 class _RangeFile(io.RawIOBase):
     """A read-only, seekable view of one stored file whose reads are :meth:`Storage.read_range`
     calls (retried like every storage call), for readers that seek (Parquet footers and column
-    chunks). The size comes from one HEAD / stat."""
+    chunks). The size comes from one HEAD / stat unless the caller knows it."""
 
-    def __init__(self, storage: Storage, uri: str) -> None:
+    def __init__(self, storage: Storage, uri: str, size: int | None = None) -> None:
         super().__init__()
         self._storage, self._uri = storage, uri
-        self._size = storage.size(uri)
+        self._size = storage.size(uri) if size is None else size
         self._pos = 0
 
     def readable(self) -> bool:
