@@ -27,7 +27,7 @@ def main() -> None:
     import tensorflow as tf
 
     from genrecast import registry, report
-    from genrecast.backbone import build_backbone, check_profile, clips_to_backbone_input, feature_model
+    from genrecast.backbone import backbone_spec, build_backbone, check_profile, clips_to_backbone_input, feature_model
     from genrecast.config import load_config
     from genrecast.features import mfcc_stats
     from genrecast.model import BACKBONE_FEATURES
@@ -60,7 +60,7 @@ def main() -> None:
     for name in args.backbones:
         check_profile(cfg.audio, name)
         model = build_backbone(name)
-        feats_model = feature_model(model, BACKBONE_FEATURES["musicnn" if "musicnn" in name else "vgg"])
+        feats_model = feature_model(model, BACKBONE_FEATURES[backbone_spec(name).arch])
         t0 = time.perf_counter()
         out = feats_model.predict(clips_to_backbone_input(x), batch_size=32, verbose=0)
         out = np.concatenate(out, axis=1) if isinstance(out, list) else out
