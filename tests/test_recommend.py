@@ -16,10 +16,11 @@ from genrecast import commit, registry
 from genrecast.dataset import neighbours_uri, scores_uri
 from genrecast.errors import JobError
 from genrecast.ingest import run_ingest
-from genrecast.neighbours import Exclusion, exact_topk, l2_normalise
+from genrecast.neighbours import Exclusion, build_index, exact_topk, l2_normalise
 from genrecast.neighbours_table import report_uri
 from genrecast.recommend import run_recommend
 from genrecast.recommend_quality import genre_precision
+from genrecast.search_files import shipped
 from genrecast.similar import format_similar, similar_for_audio, similar_for_track
 from genrecast.storage import Storage, join
 from genrecast.train import run_train
@@ -268,6 +269,37 @@ def test_ann_recall_against_exact(tmp_path, spark, method):
     assert any(f"recall@10 {summary.recall:.3f}" in line for line in summary.lines())
     rows = read_table(cfg, "ann")
     assert len(rows) == n * 10 and all(r["track_id"] != r["neighbour_id"] for r in rows)
+
+
+@pytest.mark.parametrize("method", ["exact", "hnsw", "ivf"])
+def test_search_files_reach_executors_as_read_only_maps(spark, method):
+    """The arrays and index a recommend task searches arrive as files (no broadcast): vectors
+    and keys mapped read-only, ids zero-copy Arrow, and the loaded index answers as the
+    driver's does."""
+    if method == "hnsw":
+        pytest.importorskip("hnswlib")
+    x = l2_normalise(np.random.default_rng(5).normal(size=(400, 16)).astype(np.float32))
+    ids, keys = [f"t{i:04d}" for i in range(400)], np.arange(400, dtype=np.int64) // 2
+    index = None if method == "exact" else build_index(x, method)
+    queries = x[:7]
+    want = exact_topk(queries, x, 5)[0] if index is None else index.search(queries, 5)[0]
+    sc = spark.sparkContext
+    with shipped(sc, f"test-{method}", x, keys, ids, index) as files:
+
+        def task(_):
+            vectors, ann = files.vectors(), files.index()
+            found = exact_topk(vectors[:7], vectors, 5)[0] if ann is None else ann.search(vectors[:7], 5)[0]
+            return (
+                isinstance(vectors, np.memmap) and not vectors.flags.writeable,
+                isinstance(files.sha_keys(), np.memmap),
+                files.track_ids().take(pa.array([3, 399])).to_pylist(),
+                found.tolist(),
+            )
+
+        got = sc.parallelize([0, 1], 2).map(task).collect()
+    for mapped, keys_mapped, some_ids, found in got:
+        assert mapped and keys_mapped and some_ids == ["t0003", "t0399"]
+        assert found == want.tolist()
 
 
 def test_missing_scores_is_a_clear_error(tmp_path, spark):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from test_recommend import DIM, clusters, publish_model, read_table, write_scores
 
@@ -41,7 +42,7 @@ def test_update_bucket_equals_exact_search_on_the_new_catalogue(seed):
         j = int(rng.integers(n))
         shas[i] = shas[j]
     old_idx, old_sim = _exact_lists(x, shas, k)
-    old = neighbours_part(np.arange(n), old_idx, old_sim, ids, "m")
+    old = neighbours_part(np.arange(n), old_idx, old_sim, pa.array(ids.tolist()), "m")
 
     keep = np.sort(rng.choice(n, n - 5, replace=False))  # 5 deleted
     new_ids = [f"t{i:04d}" for i in keep] + [f"t{n + i:04d}" for i in range(7)]  # 7 new
@@ -53,6 +54,7 @@ def test_update_bucket_equals_exact_search_on_the_new_catalogue(seed):
     new_shas[int(moved[0])] = new_shas[int(moved[1])]  # ...one now the same audio as another
     order = np.argsort(np.asarray(new_ids, dtype=object), kind="stable")
     new_ids_arr = np.asarray(new_ids, dtype=object)[order]
+    new_ids_pa = pa.array(new_ids_arr.tolist())  # as the executors map it
     new_x, new_shas = new_x[order], [new_shas[i] for i in order]
     versions_old = {f"t{i:04d}": 0 for i in range(n)}
     versions = np.zeros(len(new_ids_arr), np.int64)
@@ -62,7 +64,7 @@ def test_update_bucket_equals_exact_search_on_the_new_catalogue(seed):
 
     rows = np.arange(len(new_ids_arr))
     keys = group_keys(new_shas)
-    out = update_bucket(old, rows, new_x, keys, new_ids_arr, changes.changed_rows, k, block_elements=37 * 160)
+    out = update_bucket(old, rows, new_x, keys, new_ids_pa, changes.changed_rows, k, block_elements=37 * 160)
     assert out is not None
     idx, sim, counts = out
     want_idx, want_sim = _exact_lists(new_x, new_shas, k)
@@ -70,9 +72,9 @@ def test_update_bucket_equals_exact_search_on_the_new_catalogue(seed):
     assert np.allclose(sim, want_sim, atol=1e-6, equal_nan=True)
     assert counts["dropped"] == 5 and counts["recomputed"] < len(rows) // 2  # most lists were kept
     # the same catalogue again: nothing changes
-    same = neighbours_part(rows, idx, sim, new_ids_arr, "m")
+    same = neighbours_part(rows, idx, sim, new_ids_pa, "m")
     none = np.zeros(0, np.int64)
-    assert update_bucket(same, rows, new_x, keys, new_ids_arr, none, k) is None
+    assert update_bucket(same, rows, new_x, keys, new_ids_pa, none, k) is None
 
 
 def _parts(cfg, model_id: str) -> set[str]:

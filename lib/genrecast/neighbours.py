@@ -154,6 +154,8 @@ class AnnIndex(Protocol):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def save(self, stem: str) -> tuple[dict[str, str], dict[str, Any]]: ...
+
 
 def hnswlib_available() -> bool:
     try:
@@ -164,7 +166,8 @@ def hnswlib_available() -> bool:
 
 
 class HnswIndex:
-    """hnswlib HNSW graph in inner-product space. Picklable (Spark broadcasts it).
+    """hnswlib HNSW graph in inner-product space. Shipped to executors as its saved graph file
+    (:meth:`save` / :meth:`load`); hnswlib reads the file into each process's memory.
 
     ``m``: graph degree; ``ef_construction``: build beam; ``ef``: query beam (raised to k when
     smaller). Larger values buy recall with time; see bench/recommend.py.
@@ -184,6 +187,22 @@ class HnswIndex:
         if self.n:
             self.index.add_items(base, np.arange(self.n), num_threads=threads)
 
+    def save(self, stem: str) -> tuple[dict[str, str], dict[str, Any]]:
+        """Write the graph to ``<stem>.hnsw``: ({part: path}, params for :meth:`load`)."""
+        path = f"{stem}.hnsw"
+        self.index.save_index(path)
+        return {"graph": path}, {"n": self.n, "ef": self.ef, "dim": self.index.dim}
+
+    @classmethod
+    def load(cls, paths: dict[str, str], params: dict[str, Any]) -> HnswIndex:
+        import hnswlib
+
+        obj = cls.__new__(cls)
+        obj.n, obj.ef, obj.threads = params["n"], params["ef"], 1
+        obj.index = hnswlib.Index(space="ip", dim=params["dim"])
+        obj.index.load_index(paths["graph"], max_elements=max(1, obj.n))
+        return obj
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = len(queries)
         idx = np.full((q, k), NO_NEIGHBOUR, np.int64)
@@ -201,7 +220,8 @@ class HnswIndex:
 class IvfIndex:
     """Inverted file over unit vectors: ``nlist`` spherical k-means centroids (trained on a
     sample), each base row stored in its centroid's list; a query scans the ``nprobe`` lists
-    whose centroids are most similar. NumPy only, picklable."""
+    whose centroids are most similar. NumPy only; saved as .npy files that :meth:`load` maps
+    read-only (the lists' rows are a second copy of the base, so they are worth sharing)."""
 
     method = "ivf"
 
@@ -226,6 +246,23 @@ class IvfIndex:
         self.ids = np.argsort(assign, kind="stable")
         self.data = base[self.ids]  # rows grouped by list: list l is data[offsets[l]:offsets[l + 1]]
         self.offsets = np.searchsorted(assign[self.ids], np.arange(self.nlist + 1))
+
+    ARRAYS = ("centroids", "ids", "data", "offsets")
+
+    def save(self, stem: str) -> tuple[dict[str, str], dict[str, Any]]:
+        """Write ``<stem>-<array>.npy`` per array: ({array: path}, params for :meth:`load`)."""
+        paths = {a: f"{stem}-{a}.npy" for a in self.ARRAYS}
+        for a, path in paths.items():
+            np.save(path, getattr(self, a))
+        return paths, {"n": self.n, "nlist": self.nlist, "nprobe": self.nprobe}
+
+    @classmethod
+    def load(cls, paths: dict[str, str], params: dict[str, Any]) -> IvfIndex:
+        obj = cls.__new__(cls)
+        obj.n, obj.nlist, obj.nprobe, obj.threads = params["n"], params["nlist"], params["nprobe"], 1
+        for a in cls.ARRAYS:
+            setattr(obj, a, np.load(paths[a], mmap_mode="r"))
+        return obj
 
     def _nearest_centroids(self, x: np.ndarray, p: int, centroids: np.ndarray | None = None) -> np.ndarray:
         c = self.centroids if centroids is None else centroids
@@ -286,6 +323,14 @@ def build_index(base: np.ndarray, method: str, **params: Any) -> AnnIndex:
     if method == "ivf":
         return IvfIndex(base, **params)
     raise ValueError(f"unknown ANN method {method!r} (hnsw or ivf)")
+
+
+def load_index(method: str, paths: dict[str, str], params: dict[str, Any]) -> AnnIndex:
+    """The index an ``index.save(stem)`` wrote: ``paths`` and ``params`` are what it returned."""
+    cls: Any = {"hnsw": HnswIndex, "ivf": IvfIndex}.get(method)
+    if cls is None:
+        raise ValueError(f"unknown ANN method {method!r} (hnsw or ivf)")
+    return cls.load(paths, params)
 
 
 def choose_method(n: int, method: str, exact_max: int) -> str:

@@ -14,7 +14,6 @@ import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +23,7 @@ from genrecast.config import Config
 from genrecast.dataset import neighbours_uri
 from genrecast.errors import JobError
 from genrecast.neighbours import Exclusion, l2_normalise
+from genrecast.search_files import SearchFiles
 from genrecast.storage import Storage, join
 
 REPORT_DIR = "_report"  # beside the parts; "_" keeps it out of every table reader
@@ -60,12 +60,10 @@ def bucket_owners(track_ids: list[str], buckets: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BucketJob:
-    """What every per-bucket recommend task needs (full and nightly add their own fields); the
-    large parts travel as Spark broadcasts."""
+    """What every per-bucket recommend task needs (nightly adds the changed rows); the
+    catalogue's vectors, audio keys, ids and index travel as mapped files (``files``)."""
 
-    vectors: Any  # Broadcast of (n, d) float32 unit rows
-    sha_keys: Any  # Broadcast of (n,) int64
-    track_ids: Any  # Broadcast of (n,) object array of str
+    files: SearchFiles
     k: int
     model_id: str
     table_uri: str
@@ -162,13 +160,20 @@ def _read_scores_files(storage: Storage, uri: str, model_id: str, files: list[st
     shas = [s for p in parts for s in p[2]]
     genres = [g for p in parts for g in p[3]]
     versions = np.asarray([v for p in parts for v in p[4]], np.int64)
-    return ScoresFrame(
-        ids,
-        l2_normalise(np.concatenate([p[1] for p in parts])[order]),
-        [shas[i] for i in order],
-        [genres[i] for i in order],
-        versions[order],
-    )
+    matrices = [p[1] for p in parts]
+    del parts
+    # One (n, d) matrix on the driver: each part's rows are normalised into their sorted place
+    # and the part let go, instead of concatenate + reorder + normalise (three more copies).
+    embeddings = np.empty((len(ids), dims.pop()), np.float32)
+    sorted_at = np.empty(len(order), np.int64)
+    sorted_at[order] = np.arange(len(order))
+    start = 0
+    for i in range(len(matrices)):
+        m, matrices[i] = matrices[i], None
+        embeddings[sorted_at[start : start + len(m)]] = l2_normalise(m)
+        start += len(m)
+        del m
+    return ScoresFrame(ids, embeddings, [shas[i] for i in order], [genres[i] for i in order], versions[order])
 
 
 def duplicate_groups(track_ids: list[str], shas: list[str | None]) -> list[list[str]]:

@@ -2,7 +2,7 @@
 
 ``--mode full`` (the default): recover an interrupted commit -> read the scores table (track ids,
 embeddings, hashes: metadata-sized, ~0.5 KB a track) -> exact search, or build one ANN index ->
-broadcast the unit-vector matrix (and index) -> one Spark task per hash bucket of query tracks
+ship the unit-vector matrix (and index) as files the executors map -> one Spark task per hash bucket of query tracks
 computes its top-k in blocks and writes its Parquet part -> ANN recall@k against exact search on
 sampled queries -> genre precision@k vs an MFCC baseline (:mod:`genrecast.recommend_quality`) ->
 one journalled commit of the parts, ``_report/`` (quality.json, duplicates.csv,
@@ -55,6 +55,7 @@ from genrecast.neighbours_table import (
     report_uri,
 )
 from genrecast.recommend_quality import duplicates_csv, finite, plot_embedding_map, precision_lines, quality
+from genrecast.search_files import shipped
 from genrecast.storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -66,24 +67,19 @@ MODES = ("full", "nightly")
 # -- the Spark fan-out (full mode) -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _FanOut(BucketJob):
-    index: Any  # Broadcast of an AnnIndex, or None for exact search
-
-
-def _query_bucket(job: _FanOut, bucket: int, rows: np.ndarray) -> tuple[str, str, int]:
+def _query_bucket(job: BucketJob, bucket: int, rows: np.ndarray) -> tuple[str, str, int]:
     """Executor: top-k of the queries ``rows`` (sorted by track id) -> one tmp Parquet part.
     Returns (tmp uri, final uri, rows written)."""
     from threadpoolctl import threadpool_limits
 
-    vectors, ids = job.vectors.value, job.track_ids.value
-    exclusions = catalogue_exclusions(rows, job.sha_keys.value)
+    vectors, ids = job.files.vectors(), job.files.track_ids()
+    exclusions = catalogue_exclusions(rows, job.files.sha_keys())
     # BLAS and hnswlib default to every core; the task owns only spark.task.cpus of them.
     with threadpool_limits(limits=job.cpus):
-        if job.index is None:
+        index = job.files.index()
+        if index is None:
             idx, sim = exact_topk(vectors[rows], vectors, job.k, exclusions)
         else:
-            index = job.index.value
             index.threads = job.cpus
             idx, sim = ann_topk(index, vectors[rows], job.k, exclusions)
     table = nightly.neighbours_part(rows, idx, sim, ids, job.model_id)
@@ -94,37 +90,22 @@ def _query_bucket(job: _FanOut, bucket: int, rows: np.ndarray) -> tuple[str, str
 
 
 def _fan_out(
-    spark: Any, job_args: dict[str, Any], frame: ScoresFrame, sha_keys: np.ndarray, index: Any
+    spark: Any, job_args: dict[str, Any], frame: ScoresFrame, sha_keys: np.ndarray, index: AnnIndex | None
 ) -> tuple[list[tuple[str, str, int]], int]:
-    """Stage one part per bucket of query tracks: ``([(tmp, final, rows)], buckets)``."""
+    """Stage one part per bucket of query tracks: ``([(tmp, final, rows)], buckets)``. The
+    catalogue's arrays (and index) reach the executors as mapped files (:mod:`search_files`)."""
+    from genrecast.spark import with_progress
+
     sc = spark.sparkContext
     n = len(frame.track_ids)
     buckets = max(min(n, 2 * sc.defaultParallelism), math.ceil(n / QUERIES_PER_PARTITION))
     owner = bucket_owners(frame.track_ids, buckets)
     jobs = [(b, rows) for b in range(buckets) if (rows := np.flatnonzero(owner == b)).size]
-    broadcasts = [
-        sc.broadcast(frame.embeddings),
-        sc.broadcast(sha_keys),
-        sc.broadcast(np.asarray(frame.track_ids, dtype=object)),
-    ]
-    if index is not None:
-        broadcasts.append(sc.broadcast(index))
-    job = _FanOut(
-        *broadcasts[:3],
-        index=broadcasts[3] if index is not None else None,
-        buckets=buckets,
-        cpus=int(sc.getConf().get("spark.task.cpus", "1")),
-        **job_args,
-    )
-    from genrecast.spark import with_progress
-
     log.info("recommend: %d query tracks in %d tasks on %s", n, len(jobs), sc.master)
-    try:
+    with shipped(sc, job_args["run_id"], frame.embeddings, sha_keys, frame.track_ids, index) as files:
+        job = BucketJob(files, buckets=buckets, cpus=int(sc.getConf().get("spark.task.cpus", "1")), **job_args)
         rdd = sc.parallelize(jobs, len(jobs)).map(lambda j: _query_bucket(job, j[0], j[1]))
         return with_progress(spark, "recommend", rdd.collect), buckets
-    finally:
-        for b in broadcasts:
-            b.destroy()
 
 
 @dataclass

@@ -39,6 +39,7 @@ from genrecast.neighbours_table import (
     part_bucket,
     part_name,
 )
+from genrecast.search_files import shipped
 from genrecast.storage import Storage, join
 
 STATE_FILE = "_state/tracks.parquet"  # "_": no table reader lists it
@@ -123,7 +124,7 @@ class BucketResult:
 
 
 def _stored(
-    old: pa.Table, rows: np.ndarray, track_ids: np.ndarray, changed: np.ndarray, k: int
+    old: pa.Table, rows: np.ndarray, track_ids: pa.StringArray, changed: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The stored lists of queries ``rows`` (sorted catalogue rows; ``track_ids`` sorted) as
     (r, k) catalogue rows now (-1: none, -2: a track gone from the catalogue) and (r, k)
@@ -136,9 +137,9 @@ def _stored(
     stale = np.zeros(len(rows), bool)
     if old.num_rows == 0:
         return idx, sim, stale, 0
-    q = pc.index_in(old.column("track_id"), value_set=pa.array(track_ids[rows], pa.string()))
+    q = pc.index_in(old.column("track_id"), value_set=track_ids.take(pa.array(rows)))
     dropped = len(pc.unique(pc.filter(old.column("track_id"), pc.is_null(q))))
-    nb = pc.index_in(old.column("neighbour_id"), value_set=pa.array(track_ids, pa.string()))
+    nb = pc.index_in(old.column("neighbour_id"), value_set=track_ids)
     rank = old.column("rank").to_numpy()
     ok = pc.is_valid(q).to_numpy(zero_copy_only=False) & (rank >= 1) & (rank <= k)
     qi = q.to_numpy(zero_copy_only=False)[ok].astype(np.int64)
@@ -154,7 +155,7 @@ def update_bucket(
     rows: np.ndarray,
     vectors: np.ndarray,
     sha_keys: np.ndarray,
-    track_ids: np.ndarray,
+    track_ids: pa.StringArray,
     changed_rows: np.ndarray,
     k: int,
     block_elements: int = BLOCK_ELEMENTS,
@@ -207,16 +208,16 @@ def update_bucket(
 
 
 def neighbours_part(
-    rows: np.ndarray, idx: np.ndarray, sim: np.ndarray, track_ids: np.ndarray, model_id: str
+    rows: np.ndarray, idx: np.ndarray, sim: np.ndarray, track_ids: pa.StringArray, model_id: str
 ) -> pa.Table:
     """(r,) query rows and their (r, k) neighbour rows / similarities -> the table's rows, by query
     then rank (missing neighbours left out)."""
     qi, kj = np.nonzero(idx >= 0)  # row-major: by query, then rank
     return pa.table(
         [
-            pa.array(track_ids[rows[qi]], pa.string()),
+            track_ids.take(pa.array(rows[qi])),
             pa.array(kj + 1, pa.int32()),
-            pa.array(track_ids[idx[qi, kj]], pa.string()),
+            track_ids.take(pa.array(idx[qi, kj])),
             pa.array(sim[qi, kj], pa.float32()),
             pa.array([model_id] * len(qi), pa.string()),
         ],
@@ -246,9 +247,9 @@ def run_bucket(job: NightlyJob, bucket: int, rows: np.ndarray, files: list[str])
 
     final = join(job.table_uri, part_name(job.run_id, bucket, job.buckets))
     old = read_parts(job.storage, files)
-    ids = job.track_ids.value
+    ids, vectors, keys = job.files.track_ids(), job.files.vectors(), job.files.sha_keys()
     with threadpool_limits(limits=job.cpus):  # BLAS defaults to every core; the task owns spark.task.cpus
-        out = update_bucket(old, rows, job.vectors.value, job.sha_keys.value, ids, job.changed_rows.value, job.k)
+        out = update_bucket(old, rows, vectors, keys, ids, job.changed_rows.value, job.k)
     if out is None:
         return BucketResult(bucket, False, None, final, old.num_rows)
     idx, sim, counts = out
@@ -270,7 +271,9 @@ def fan_out(
     layout: tuple[int, dict[int, list[str]]],
 ) -> list[BucketResult]:
     """One task per bucket that has query tracks now or parts stored (a bucket whose tracks
-    were all deleted is emptied)."""
+    were all deleted is emptied). The catalogue's arrays reach the executors as mapped files
+    (:mod:`genrecast.search_files`); only the changed rows are a broadcast (they grow with the
+    change, not the catalogue)."""
     from genrecast.spark import with_progress
 
     sc = spark.sparkContext
@@ -283,22 +286,17 @@ def fan_out(
         for b in range(buckets)
         if bounds[b + 1] > bounds[b] or files.get(b)
     ]
-    broadcasts = [
-        sc.broadcast(vectors),
-        sc.broadcast(sha_keys),
-        sc.broadcast(np.asarray(track_ids, dtype=object)),
-        sc.broadcast(changes.changed_rows),
-    ]
-    job = NightlyJob(
-        *broadcasts[:3],
-        changed_rows=broadcasts[3],
-        buckets=buckets,
-        cpus=int(sc.getConf().get("spark.task.cpus", "1")),
-        **job_args,
-    )
+    changed = sc.broadcast(changes.changed_rows)
     try:
-        rdd = sc.parallelize(jobs, len(jobs)).map(lambda j: run_bucket(job, *j))
-        return with_progress(spark, "recommend", rdd.collect)
+        with shipped(sc, job_args["run_id"], vectors, sha_keys, track_ids) as search:
+            job = NightlyJob(
+                search,
+                changed_rows=changed,
+                buckets=buckets,
+                cpus=int(sc.getConf().get("spark.task.cpus", "1")),
+                **job_args,
+            )
+            rdd = sc.parallelize(jobs, len(jobs)).map(lambda j: run_bucket(job, *j))
+            return with_progress(spark, "recommend", rdd.collect)
     finally:
-        for b in broadcasts:
-            b.destroy()
+        changed.destroy()
