@@ -112,6 +112,30 @@ class SplitConf(_Section):
     seed: int = 0
 
 
+class AugmentConf(_Section):
+    """``train.augment``: training-time augmentation (:mod:`genrecast.augment`); all off by default."""
+
+    use: list[str] = Field(default_factory=list)  # any of genrecast.augment.AUGMENTATIONS
+    balanced: bool = False  # class-balanced batches (rejection resampling)
+    gain_db: float = Field(6.0, ge=0)
+    tilt_db: float = Field(6.0, ge=0)  # at the top and bottom band, opposite signs
+    mask_frames: int = Field(24, ge=0)
+    mask_bins: int = Field(12, ge=0)
+    pitch_bins: int = Field(2, ge=0)
+    stretch: float = Field(0.1, ge=0, lt=1)
+    mixup_alpha: float = Field(0.2, gt=0)
+
+    @field_validator("use")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from genrecast.augment import AUGMENTATIONS
+
+        unknown = [v for v in value if v not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown augmentation {unknown[0]!r}: choose from {', '.join(AUGMENTATIONS)}")
+        return value
+
+
 class TrainConf(_Section):
     workers: int = Field(2, gt=0)
     epochs: int = Field(30, gt=0)
@@ -122,6 +146,7 @@ class TrainConf(_Section):
     # "scratch": the genre CNN; a pretrained backbone name (genrecast.backbone.BACKBONES): a
     # head trained on its frozen features (the audio section must then fit its profile).
     backbone: str = "scratch"
+    augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
     @field_validator("backbone")
