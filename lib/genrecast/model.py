@@ -119,11 +119,12 @@ def build_backbone_model(
     return k.Model(inputs, probs, name=f"genrecast_{backbone.replace('-', '_')}_head")
 
 
-def compile_model(model: Any, learning_rate: float = 1e-3) -> Any:
+def compile_model(model: Any, learning_rate: float = 1e-3, onehot: bool = False) -> Any:
+    """Adam + cross-entropy on label indices, or on one-hot (soft, with mixup) labels."""
     k = keras()
     model.compile(
         optimizer=k.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
+        loss="categorical_crossentropy" if onehot else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
