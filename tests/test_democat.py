@@ -301,3 +301,170 @@ def test_cover_pair_is_one_song_over_two_grooves():
     # Other tracks' mma text is untouched by the melody support (their renders stay cached).
     plain = plan_tracks(["pop"], 1, seed=0)[0]
     assert "Solo" not in democat.mma_song(plain, 30.0)[0] and "Transpose" not in democat.mma_song(plain, 30.0)[0]
+
+
+# -- production: soundfont, voices, humanising, mix ------------------------------------------
+def _mma_voices() -> dict[str, int] | None:
+    """mma's voice names (upper case, aliases included) -> GM program, or None without its sources."""
+    import sys
+
+    if not os.path.isdir("/usr/share/mma/MMA"):
+        return None
+    sys.path.insert(0, "/usr/share/mma")
+    try:
+        from MMA import miditables
+    except ImportError:
+        return None
+    finally:
+        sys.path.remove("/usr/share/mma")
+    return dict(miditables.voiceInx)  # canonical names first, then aliases
+
+
+def test_voice_families_are_disjoint_known_and_cover_the_mma_genres():
+    known = _mma_voices()
+    for genre, families in democat.VOICE_FAMILIES.items():
+        assert genre in GENRES
+        names = [v for family in families for v in family]
+        assert len(names) == len(set(names)), genre  # a voice in two families would be drawn twice
+        if known is not None:
+            aliases = [a for v in names for a in democat.VOICE_ALIASES.get(v, ())]
+            assert {n.upper() for n in names + aliases} <= set(known), genre
+    assert set(democat.VOICE_FAMILIES) == {g for g, r in GENRES.items() if g != "classical"}
+
+
+def test_productions_are_per_track_seeded_and_within_their_ranges():
+    plans = plan_tracks(ALL_GENRES, 20, seed=0)
+    assert plans == plan_tracks(ALL_GENRES, 20, seed=0)
+    # Productions draw from their own stream: sources, tempi, keys and artists are unchanged by them.
+    bare = [dataclasses.replace(p, production=democat.Production()) for p in plans]
+    assert [p.artist for p in bare] == [p.artist for p in plans]
+    names = {democat.soundfont_name(p) for p in democat.SOUNDFONTS}
+    for genre in ALL_GENRES:
+        mine = [p.production for p in plans if p.genre == genre]
+        assert {m.soundfont for m in mine} == names  # 20 tracks use every soundfont
+        assert len({m.gain_db for m in mine}) > 10 and all(-12 <= m.gain_db <= 0 for m in mine)
+        gains = [m.gain_db for m in mine]
+        assert max(gains) - min(gains) > 8  # loudness spread over most of the 12 dB
+        assert all(-1 <= m.tilt_db <= 1 and 0.1 <= m.reverb[0] <= 0.7 for m in mine)
+        # voice -> its family, aliases included: a voice is only ever played by one of its family
+        family_of = {name: f for f in democat.VOICE_FAMILIES.get(genre, ()) for v in f
+                     for name in (v, *democat.VOICE_ALIASES.get(v, ()))}
+        for m in mine:
+            for voice, played in m.voices:
+                assert played in family_of[voice] and voice != played
+            if genre == "classical":  # a score keeps its own instruments and timing
+                assert not m.voices and m.rtime == m.rvolume == m.rskip == m.drums == 0
+            else:
+                assert 2 <= m.rtime <= 12 and 5 <= m.rvolume <= 15
+        if genre != "classical":
+            assert len({m.voices for m in mine}) >= 15  # nearly every track its own band
+
+
+def test_mma_song_carries_the_production():
+    plan = next(p for p in plan_tracks(["jazz"], 12, seed=0) if p.production.rskip and p.production.drums)
+    prod = plan.production
+    song, _bars = democat.mma_song(plan, 30.0)
+    lines = song.splitlines()
+    voicetr = next(ln for ln in lines if ln.startswith("VoiceTr "))
+    assert lines.index(voicetr) < next(i for i, ln in enumerate(lines) if ln.startswith("Groove "))
+    assert voicetr.split()[1:] == [f"{a}={b}" for a, b in prod.voices]
+    for line in (f"AllTracks RTime {prod.rtime}", f"AllTracks RVolume {prod.rvolume}",
+                 f"AllTracks Drum RSkip {prod.rskip}", f"AllTracks Drum Volume {prod.drums:+d}%"):
+        assert song.count(line) == len(set(plan.source))  # once per groove section, before DefGroove
+    plain = democat.mma_song(dataclasses.replace(plan, production=democat.Production()), 30.0)[0]
+    assert "VoiceTr" not in plain and "AllTracks" not in plain
+
+
+def test_tilt_is_a_gentle_slope_around_the_pivot():
+    t = np.arange(democat.SAMPLE_RATE) / democat.SAMPLE_RATE
+
+    def level(freq, slope):
+        tone = np.sin(2 * np.pi * freq * t)
+        out = democat.tilt(tone, slope)[2000:-2000]  # the ends ring a little
+        return 20 * np.log10(np.sqrt(np.mean(out**2)) / np.sqrt(0.5))
+
+    assert level(4000, 1.0) == pytest.approx(2.0, abs=0.1)  # 2 octaves up: +2 dB
+    assert level(250, 1.0) == pytest.approx(-2.0, abs=0.1)
+    assert level(4000, -0.5) == pytest.approx(-1.0, abs=0.1)
+    assert level(1000, 0.8) == pytest.approx(0.0, abs=0.05)
+    tone = np.sin(2 * np.pi * 440 * t)
+    assert democat.tilt(tone, 0.0) is tone
+
+
+def test_a_missing_soundfont_leaves_the_others_and_is_logged(tmp_path, monkeypatch, caplog):
+    present = next((p for p in democat.SOUNDFONTS if os.path.isfile(p)), None)
+    if present is None or not shutil.which("fluidsynth"):
+        pytest.skip("fluidsynth and a GM soundfont needed")
+    missing = str(tmp_path / "NotInstalled_GM.sf2")
+    monkeypatch.setattr(democat, "SOUNDFONTS", (missing, present))
+    with caplog.at_level("INFO", logger="genrecast.democat"):
+        tools = democat.find_tools(need_mma=False)
+    assert tools.soundfonts == (present,)
+    lines = [r.getMessage() for r in caplog.records if "soundfonts" in r.getMessage()]
+    assert lines == [f"demo catalogue: soundfonts {democat.soundfont_name(present)} "
+                     "(not installed: NotInstalled_GM; their tracks use these)"]
+    # A track that drew the missing one is played by an installed one; the set is in every key.
+    production = democat.Production(soundfont="NotInstalled_GM")
+    assert tools.soundfont_for(production) == present
+    assert f"soundfont={os.path.realpath(present)}:" in tools.fingerprint and "NotInstalled" not in tools.fingerprint
+    monkeypatch.setattr(democat, "SOUNDFONTS", (missing,))
+    with pytest.raises(democat.JobError, match="General MIDI soundfont"):
+        democat.find_tools(need_mma=False)
+
+
+@needs_renderers
+def test_two_tracks_of_a_genre_differ_in_soundfont_and_programs(tmp_path):
+    tools = democat.find_tools()
+    plans = plan_tracks(["pop"], 20, seed=0)
+    # The same groove and song with the productions of two tracks whose seeds drew different
+    # soundfonts (among the installed ones) and different pianos and basses.
+    def piano(p):
+        return dict(p.production.voices).get("Piano1", "Piano1")
+
+    base = plans[0]
+    other = next(p for p in plans[1:] if piano(p) != piano(base)
+                 and tools.soundfont_for(p.production) != tools.soundfont_for(base.production))
+    programs = []
+    for n, production in enumerate((democat.Production(), base.production, other.production)):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        plan = dataclasses.replace(base, source=("casio/pop:Pop",) * 2, arrangement="", production=production)
+        programs.append(dict(democat.write_midi(plan, 4.0, tools, str(folder / "track.mid")).programs))
+    plain, first, second = programs
+    assert first != second and set(plain) == set(first) == set(second)  # same channels, other programs
+    voices = _mma_voices()
+    if voices is not None:  # each channel plays what its production's VoiceTr says
+        names: dict[int, str] = {}
+        for name, program in voices.items():
+            names.setdefault(program, name)
+        for production, played in ((base.production, first), (other.production, second)):
+            swap = {a.upper(): b.upper() for a, b in production.voices}
+            expected = {ch: p if ch == democat.DRUM_CHANNEL else voices[swap.get(names[p], names[p])]
+                        for ch, p in plain.items()}  # the drum kit is not a voice
+            assert played == expected
+
+
+def _peak_dbfs(pcm: np.ndarray) -> float:
+    return 20 * np.log10(np.abs(pcm.astype(np.int32)).max() / 32767)
+
+
+@needs_renderers
+def test_renders_are_byte_identical_and_loudness_varies_without_clipping():
+    tools = democat.find_tools()
+    plan = plan_tracks(["rock"], 1, seed=0)[0]
+    peaks = {}
+    # One track per installed soundfont, each at its own gain; an .sf3 (its samples loaded as the
+    # MIDI selects them) twice: the same bytes. (.sf2 renders repeat: the tiny catalogue test.)
+    for n, soundfont in enumerate(tools.soundfonts):
+        gain = (-11.5, -6.0, -0.5)[n % 3]
+        production = dataclasses.replace(plan.production, soundfont=democat.soundfont_name(soundfont), gain_db=gain)
+        track = dataclasses.replace(plan, production=production)
+        pcm = democat.render_pcm(track, 3.0, tools)
+        if soundfont.endswith(".sf3"):
+            assert np.array_equal(pcm, democat.render_pcm(track, 3.0, tools)), soundfont
+        peaks[soundfont] = _peak_dbfs(pcm)
+        peak_db = 20 * np.log10(democat.PEAK)
+        assert peaks[soundfont] == pytest.approx(peak_db + gain, abs=0.05), soundfont
+        assert np.abs(pcm.astype(np.int32)).max() < 32767  # never clipped
+    if len(tools.soundfonts) > 1:
+        assert max(peaks.values()) - min(peaks.values()) > 5

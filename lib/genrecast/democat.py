@@ -1,6 +1,6 @@
 """Demo catalogue: genre-labelled music rendered offline, no downloads.
 
-Two sources, both rendered to audio by ``fluidsynth`` with a General MIDI soundfont:
+Two sources, both rendered to audio by ``fluidsynth`` with one of several General MIDI soundfonts:
 
 - ``mma`` (Musical MIDI Accompaniment) style grooves for blues, country, disco, hiphop, jazz,
   metal, pop, reggae and rock. Drum-only grooves get a genre "kit" of bass and chord tracks, so
@@ -19,6 +19,13 @@ serial). Renders can be cached in a local folder keyed by everything that decide
 (``track_id,genre,artist``; artist = the mma library file, plus the bass/chord kit added to a
 drum-only groove, or the composer: ``mma:stdlib/swing``, ``mma:zoom/hiphop+hiphop``,
 ``music21:bach``, so a train/test split by artist keeps one library's sound on one side).
+
+Each track also gets its own *production* (:class:`Production`, drawn from the track's seed): which
+installed GM soundfont plays it, instrument programs swapped within the genre's families (mma
+``VoiceTr``), humanised timing and velocity (mma ``RTime``/``RVolume``/``RSkip``), drum balance,
+fluidsynth reverb and chorus, a gentle spectral tilt and a gain over 12 dB below the -1 dBFS peak.
+One soundfont and one voicing per groove made every "band" sound alike, which a genre model
+learns instead of genre.
 
 Besides the per-genre tracks, a *cover pair* (:func:`plan_covers`): one song - the same melody,
 chord progression, key and tempo - played over a pop groove and over a reggae groove,
@@ -50,7 +57,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import soundfile as sf
@@ -61,14 +68,17 @@ from genrecast.storage import Storage, join, normalize_uri
 log = logging.getLogger(__name__)
 
 # Bump when rendering or post-processing changes: it is part of every cache key.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 SAMPLE_RATE = 22050
 FORMATS = ("wav", "flac", "ogg", "mp3")
 LOSSY = frozenset({"ogg", "mp3"})
+# General MIDI soundfonts a track may be played with (Debian packages in scripts/apt-packages.txt).
+# Each track draws one by name (the file's stem); one that is not installed is replaced by one
+# that is, so any one of them is enough. fluidsynth reads .sf3 (Vorbis-compressed samples) too.
 SOUNDFONTS = (
-    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-    "/usr/share/sounds/sf2/default-GM.sf2",
-    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",  # fluid-soundfont-gm (MIT)
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",  # timgm6mb-soundfont (GPL-2)
+    "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3",  # musescore-general-soundfont-small (MIT)
 )
 # Guards on every external render: wall-clock seconds and the largest file it may write.
 MMA_TIMEOUT_S = 60.0
@@ -568,6 +578,124 @@ _PART_PROGRAMS = (  # part name -> GM program, for "score"
 )
 
 
+# -- production: how a track is played and mixed -------------------------------------------
+# Instrument families per genre (mma voice names, GM programs): every voice of a family that a
+# groove or kit uses is swapped for one drawn from the same family, per track (mma VoiceTr).
+# Families stay within what the genre plausibly uses (no distorted guitar in jazz). Disjoint
+# within a genre; voices in no family keep the library's choice.
+VOICE_FAMILIES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "blues": (
+        ("AcousticBass", "FingeredBass", "PickedBass", "FretlessBass"),
+        ("Piano1", "Piano2", "Piano3", "Honky-TonkPiano", "RhodesPiano"),
+        ("Organ1", "Organ2", "Organ3"),
+        ("CleanGuitar", "JazzGuitar", "MutedGuitar", "OverDriveGuitar"),
+        ("TenorSax", "AltoSax", "Harmonica", "Clarinet", "Trumpet"),
+    ),
+    "country": (
+        ("AcousticBass", "FingeredBass", "PickedBass"),
+        ("SteelGuitar", "NylonGuitar", "CleanGuitar", "JazzGuitar"),
+        ("Piano1", "Piano2", "Honky-TonkPiano"),
+        ("Violin", "Fiddle"),
+        ("Accordion", "Harmonica"),
+    ),
+    "disco": (
+        ("FingeredBass", "PickedBass", "SlapBass1", "SlapBass2", "SynthBass1", "FretlessBass"),
+        ("CleanGuitar", "MutedGuitar", "JazzGuitar"),
+        ("Piano1", "Piano2", "EPiano", "RhodesPiano", "Clavinet"),
+        ("Strings", "SlowStrings", "SynthStrings1", "SynthStrings2"),
+        ("Organ1", "Organ2", "Organ3"),
+    ),
+    "hiphop": (
+        ("SynthBass1", "SynthBass2", "FingeredBass", "AcousticBass", "FretlessBass"),
+        ("Piano1", "EPiano", "RhodesPiano"),
+        ("WarmPad", "PolySynth", "HaloPad", "SweepPad", "SynthStrings1"),
+        ("SquareWave", "SawWave", "Bass&Lead"),
+        ("MutedGuitar", "JazzGuitar", "CleanGuitar"),
+    ),
+    "jazz": (
+        ("AcousticBass", "FretlessBass", "FingeredBass"),
+        ("Piano1", "Piano2", "EPiano", "RhodesPiano"),
+        ("JazzGuitar", "CleanGuitar", "NylonGuitar"),
+        ("Organ1", "Organ2", "Organ3"),
+        ("AltoSax", "TenorSax", "Clarinet", "Trumpet", "MutedTrumpet", "Trombone"),
+        ("Vibraphone", "Celesta", "Marimba"),
+        ("TremoloStrings", "Strings", "SlowStrings"),
+    ),
+    "metal": (
+        ("FingeredBass", "PickedBass"),
+        ("DistortionGuitar", "OverDriveGuitar"),
+        ("Piano1", "Piano2", "Organ3"),
+    ),
+    "pop": (
+        ("FingeredBass", "PickedBass", "FretlessBass", "SynthBass1", "AcousticBass"),
+        ("Piano1", "Piano2", "EPiano", "RhodesPiano", "Honky-TonkPiano"),
+        ("CleanGuitar", "MutedGuitar", "SteelGuitar", "JazzGuitar", "NylonGuitar"),
+        ("SlowStrings", "Strings", "SynthStrings1", "TremoloStrings"),
+        ("WarmPad", "PolySynth", "SweepPad", "Atmosphere", "HaloPad"),
+    ),
+    "reggae": (
+        ("FingeredBass", "AcousticBass", "FretlessBass", "SynthBass1"),
+        ("CleanGuitar", "MutedGuitar", "JazzGuitar"),
+        ("Organ1", "Organ2", "Organ3"),
+        ("Piano1", "Piano2", "EPiano"),
+        ("AltoSax", "TenorSax", "Trumpet", "Trombone"),
+    ),
+    "rock": (
+        ("AcousticBass", "FingeredBass", "PickedBass"),
+        ("OverDriveGuitar", "DistortionGuitar"),
+        ("SteelGuitar", "CleanGuitar", "MutedGuitar"),
+        ("Piano1", "Piano2", "Piano3", "Honky-TonkPiano"),
+        ("Organ1", "Organ2", "Organ3"),
+        ("TenorSax", "AltoSax", "BaritoneSax"),
+    ),
+}
+# Other spellings the mma libraries use (VoiceTr matches the name as written, case ignored).
+VOICE_ALIASES = {"DistortionGuitar": ("DistortonGuitar",)}
+GAIN_DB = (-12.0, 0.0)  # per-track gain below the normalised peak (PEAK, about -1 dBFS)
+TILT_DB_PER_OCTAVE = (-1.0, 1.0)  # gentle spectral tilt around TILT_PIVOT_HZ
+TILT_PIVOT_HZ = 1000.0
+
+
+@dataclass(frozen=True)
+class Production:
+    """How one track is played and mixed; the defaults are the plain render (one soundfont, the
+    library's voices, no humanising, fluidsynth's own reverb/chorus, no EQ, full level)."""
+
+    soundfont: str = "FluidR3_GM"  # stem of a SOUNDFONTS file (a missing one: see Tools.soundfont_for)
+    voices: tuple[tuple[str, str], ...] = ()  # mma VoiceTr pairs (library voice, voice played)
+    rtime: int = 0  # mma RTime: ticks (192 a quarter note) each note's start may move, +-
+    rvolume: int = 0  # mma RVolume: % each note's velocity may vary, +-
+    rskip: int = 0  # mma RSkip on drum tracks: % of hits left out
+    drums: int = 0  # % change of the drum tracks' volume (the band's balance)
+    reverb: tuple[float, float, float] = (0.2, 0.0, 0.9)  # fluidsynth reverb room-size, damp, level
+    chorus: float = 2.0  # fluidsynth chorus level
+    tilt_db: float = 0.0  # dB per octave around TILT_PIVOT_HZ (+ brighter)
+    gain_db: float = 0.0  # level of the peak below PEAK, in GAIN_DB
+
+
+def soundfont_name(path: str) -> str:
+    """A soundfont's name in a :class:`Production`: its file's stem (``TimGM6mb``)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def draw_production(rng: random.Random, genre_family: str | None) -> Production:
+    """A random :class:`Production`: soundfont, voices within ``genre_family``'s families
+    (:data:`VOICE_FAMILIES`; None: the library's voices), humanising, mix, reverb, EQ, gain."""
+    soundfont = rng.choice([soundfont_name(p) for p in SOUNDFONTS])
+    voices: list[tuple[str, str]] = []
+    for family in VOICE_FAMILIES.get(genre_family or "", ()):
+        for voice in family:
+            played = rng.choice(family)
+            voices += [(name, played) for name in (voice, *VOICE_ALIASES.get(voice, ())) if name != played]
+    return Production(
+        soundfont=soundfont, voices=tuple(voices), rtime=rng.randint(2, 12), rvolume=rng.randint(5, 15),
+        rskip=rng.randint(0, 4), drums=rng.randint(-30, 10),
+        reverb=(round(rng.uniform(0.1, 0.7), 2), round(rng.uniform(0.0, 0.5), 2), round(rng.uniform(0.3, 0.9), 2)),
+        chorus=round(rng.uniform(0.0, 2.5), 2), tilt_db=round(rng.uniform(*TILT_DB_PER_OCTAVE), 2),
+        gain_db=round(rng.uniform(*GAIN_DB), 1),
+    )
+
+
 # -- planning (pure) -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrackPlan:
@@ -587,6 +715,7 @@ class TrackPlan:
     transpose: int  # semitones (music21; mma: the cover pair, whose song is written in C)
     variation: int  # seeds the renderer's own choices (mma RndSeed, music21 excerpt start)
     melody: tuple[str, ...] = ()  # mma solo notes, one entry a progression bar (cover pair only)
+    production: Production = Production()  # soundfont, voices, humanising, mix (drawn per track)
 
 
 def genre_dir(genre: str) -> str:
@@ -597,9 +726,14 @@ def genre_dir(genre: str) -> str:
     return slug
 
 
+def recipe_name(genre: str) -> str:
+    """A configured genre name as :data:`GENRES` spells it: case, spaces, '-' and '_' ignored."""
+    return re.sub(r"[\s_-]+", "", genre.casefold())
+
+
 def recipe_for(genre: str) -> GenreRecipe | None:
-    """The recipe for a configured genre name (case, spaces, '-' and '_' ignored), or None."""
-    return GENRES.get(re.sub(r"[\s_-]+", "", genre.casefold()))
+    """The recipe for a configured genre name (:func:`recipe_name`), or None."""
+    return GENRES.get(recipe_name(genre))
 
 
 _NOTES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
@@ -634,7 +768,9 @@ def plan_tracks(genres: Sequence[str], tracks_per_genre: int, seed: int) -> list
 
     Families (styles) take turns in a seeded order, so every genre spreads over its families;
     track ``i`` of a genre depends only on (seed, genre, i), so a larger ``tracks_per_genre``
-    only adds tracks. Genres without a recipe are left out (see :func:`recipe_for`).
+    only adds tracks. Its :class:`Production` comes from a random stream of its own, so the
+    source, tempo, key and artist choices are those of a plan without productions. Genres
+    without a recipe are left out (see :func:`recipe_for`).
     """
     if tracks_per_genre < 0:
         raise ConfigError(f"tracks_per_genre must be >= 0, not {tracks_per_genre}")
@@ -654,7 +790,9 @@ def plan_tracks(genres: Sequence[str], tracks_per_genre: int, seed: int) -> list
         first_format = genre_rng.randrange(len(FORMATS))
         for i in range(tracks_per_genre):
             rng = random.Random(f"genrecast-demo:{seed}:{slug}:{i}")
+            sound_rng = random.Random(f"genrecast-demo:{seed}:{slug}:{i}:production")
             style = recipe.styles[order[i % len(order)]]
+            production = draw_production(sound_rng, recipe_name(genre))
             common = {
                 "track_id": f"{slug}/{slug}-{i:03d}",
                 "genre": genre,
@@ -673,14 +811,16 @@ def plan_tracks(genres: Sequence[str], tracks_per_genre: int, seed: int) -> list
                     artist=f"mma:{style.name}" + (f"+{kit}" if kit else ""), renderer="mma",
                     source=(f"{style.name}:{first}", f"{style.name}:{second}"),
                     tempo=tempo, beats=style.beats, key=key, progression=progression,
-                    arrangement=kit, transpose=0, **common,
+                    arrangement=kit, transpose=0, production=production, **common,
                 ))
             else:
                 path, qpm = rng.choice(style.works)
                 plans.append(TrackPlan(
                     artist=f"music21:{style.composer}", renderer="music21", source=(path,),
                     tempo=round(qpm * rng.uniform(0.9, 1.1)), beats=0, key="", progression=(),
-                    arrangement=rng.choice(style.arrangements), transpose=rng.randint(-2, 2), **common,
+                    arrangement=rng.choice(style.arrangements), transpose=rng.randint(-2, 2),
+                    # a score keeps its own parts' instruments and timing: soundfont, room, EQ, gain
+                    production=replace(production, rtime=0, rvolume=0, rskip=0, drums=0), **common,
                 ))
     return plans
 
@@ -711,19 +851,21 @@ def plan_covers(genres: Sequence[str], seed: int) -> list[TrackPlan]:
     """The cover pair (module docstring) when both its genres are configured, else nothing:
     ``covers/song-000-<genre dir>`` per version, same key, tempo, chords, melody and mma seed,
     different groove. Deterministic in ``seed``."""
-    configured = {re.sub(r"[\s_-]+", "", g.casefold()): g for g in genres}
+    configured = {recipe_name(g): g for g in genres}
     names = [configured.get(genre) for genre, _groove in COVER_VERSIONS]
     if any(name is None for name in names):
         return []
     rng = random.Random(f"genrecast-demo:{seed}:covers:0")
     transpose, tempo, variation = rng.randint(-5, 6), rng.randint(*COVER_TEMPO), rng.randrange(1, 2**31)
+    # One production for both versions (each groove keeps its own voices): only the groove differs.
+    production = draw_production(random.Random(f"genrecast-demo:{seed}:covers:0:production"), None)
     song = f"{COVER_DIR}/song-000"
     return [
         TrackPlan(
             track_id=f"{song}-{genre_dir(name)}", genre=name, artist=f"demo-cover:{song.split('/')[-1]}",
             ext="flac", renderer="mma", source=(groove, groove), tempo=tempo, beats=4, key="C",
             progression=progression_chords(COVER_PROGRESSION, "C"), arrangement="", transpose=transpose,
-            variation=variation, melody=COVER_MELODY,
+            variation=variation, melody=COVER_MELODY, production=production,
         )
         for name, (_genre, groove) in zip(names, COVER_VERSIONS, strict=True)
         if name is not None
@@ -735,6 +877,7 @@ def plan_covers(genres: Sequence[str], seed: int) -> list[TrackPlan]:
 class MidiFacts:
     seconds: float  # time of the last event
     notes: dict[int, int]  # note-ons per channel (0-based; 9 = percussion)
+    programs: frozenset[tuple[int, int]] = frozenset()  # (channel, GM program) of every program change
 
     @property
     def pitched_channels(self) -> int:
@@ -752,15 +895,16 @@ def _varlen(data: bytes, i: int) -> tuple[int, int]:
     raise ValueError("variable-length quantity longer than 4 bytes")
 
 
-def _parse_midi(data: bytes) -> tuple[int, list[tuple[int, int]], Counter[int], int]:
+def _parse_midi(data: bytes) -> tuple[int, list[tuple[int, int]], Counter[int], int, set[tuple[int, int]]]:
     """(track count, tempo changes as (tick, microseconds per quarter), note-ons per channel,
-    tick of the last event) of a Standard MIDI File."""
+    tick of the last event, (channel, program) changes) of a Standard MIDI File."""
     if data[:4] != b"MThd":
         raise ValueError("no MThd header")
     _fmt, ntracks = struct.unpack(">HH", data[8:12])
     pos = 8 + int.from_bytes(data[4:8], "big")
     tempos: list[tuple[int, int]] = []
     notes: Counter[int] = Counter()
+    programs: set[tuple[int, int]] = set()
     end_tick = 0
     for _ in range(ntracks):
         while True:
@@ -791,15 +935,17 @@ def _parse_midi(data: bytes) -> tuple[int, list[tuple[int, int]], Counter[int], 
                     raise ValueError("running status without a status byte")
                 if status & 0xF0 == 0x90 and body[i + 1] > 0:
                     notes[status & 0x0F] += 1
+                elif status & 0xF0 == 0xC0:
+                    programs.add((status & 0x0F, body[i]))
                 i += 1 if status & 0xF0 in (0xC0, 0xD0) else 2
             end_tick = max(end_tick, tick)
-    return ntracks, tempos, notes, end_tick
+    return ntracks, tempos, notes, end_tick, programs
 
 
 def midi_facts(data: bytes) -> MidiFacts:
     """Length (tempo map applied) and note counts of a Standard MIDI File."""
     try:
-        _ntracks, tempos, notes, end_tick = _parse_midi(data)
+        _ntracks, tempos, notes, end_tick, programs = _parse_midi(data)
         division = data[12:14]
     except (IndexError, ValueError, struct.error) as exc:
         raise RenderError(f"malformed MIDI file: {exc}") from None
@@ -814,7 +960,7 @@ def midi_facts(data: bytes) -> MidiFacts:
             seconds += (tick - last_tick) * uspq / ppq / 1e6
             last_tick, uspq = tick, value
         seconds += (end_tick - last_tick) * uspq / ppq / 1e6
-    return MidiFacts(seconds, dict(notes))
+    return MidiFacts(seconds, dict(notes), frozenset(programs))
 
 
 def _varlen_bytes(value: int) -> bytes:
@@ -829,7 +975,7 @@ def midi_with_sound_off(data: bytes) -> bytes:
     its last event. A note left hanging (no note-off) otherwise keeps fluidsynth rendering
     forever, and reverb tails add seconds nobody keeps."""
     try:
-        ntracks, _tempos, _notes, end_tick = _parse_midi(data)
+        ntracks, _tempos, _notes, end_tick, _programs = _parse_midi(data)
     except (IndexError, ValueError, struct.error) as exc:
         raise RenderError(f"malformed MIDI file: {exc}") from None
     events = bytearray(_varlen_bytes(end_tick))
@@ -848,8 +994,17 @@ class Tools:
 
     mma: str | None
     fluidsynth: str | None
-    soundfont: str | None
-    fingerprint: str
+    soundfonts: tuple[str, ...]  # installed SOUNDFONTS, in that order (at least one)
+    fingerprint: str  # renderer versions and the installed soundfont set
+
+    def soundfont_for(self, production: Production) -> str:
+        """The soundfont file that plays a track: the one it drew, or when that one is not
+        installed, one of those that are (fixed by its name, so the same on every run)."""
+        by_name = {soundfont_name(p): p for p in self.soundfonts}
+        if production.soundfont in by_name:
+            return by_name[production.soundfont]
+        digest = hashlib.sha256(production.soundfont.encode()).digest()
+        return self.soundfonts[digest[0] % len(self.soundfonts)]
 
 
 def _tool_env(cwd: str) -> dict[str, str]:
@@ -896,12 +1051,13 @@ def run_guarded(cmd: list[str], what: str, timeout_s: float, max_file_bytes: int
 
 
 def find_tools(need_mma: bool = True) -> Tools:
-    """Locate mma, fluidsynth and a GM soundfont; :class:`JobError` naming what is missing."""
+    """Locate mma, fluidsynth and the GM soundfonts (:data:`SOUNDFONTS`) that are installed;
+    :class:`JobError` naming what is missing (any one soundfont is enough; the set is logged)."""
     mma, fluidsynth = shutil.which("mma"), shutil.which("fluidsynth")
-    soundfont = next((p for p in SOUNDFONTS if os.path.isfile(p)), None)
+    soundfonts = tuple(p for p in SOUNDFONTS if os.path.isfile(p))
     missing = [name for name, ok in (("mma (Debian package mma)", mma or not need_mma),
                                      ("fluidsynth (Debian package fluidsynth)", fluidsynth),
-                                     ("a General MIDI soundfont (Debian package fluid-soundfont-gm)", soundfont))
+                                     ("a General MIDI soundfont (Debian package fluid-soundfont-gm)", soundfonts))
                if not ok]
     if missing:
         raise JobError(f"demo catalogue needs {', '.join(missing)}: run make setup")
@@ -915,9 +1071,13 @@ def find_tools(need_mma: bool = True) -> Tools:
             except RenderError as exc:
                 raise JobError(f"demo catalogue: {exc}") from None
             parts.append(f"{name}={' '.join(ln for ln in out.splitlines() if 'PLUGIN' not in ln)[:120]}")
-    stat = os.stat(soundfont)
-    parts.append(f"soundfont={os.path.realpath(soundfont)}:{stat.st_size}:{int(stat.st_mtime)}")
-    return Tools(mma, fluidsynth, soundfont, "|".join(parts))
+    absent = [soundfont_name(p) for p in SOUNDFONTS if p not in soundfonts]
+    log.info("demo catalogue: soundfonts %s%s", ", ".join(map(soundfont_name, soundfonts)),
+             f" (not installed: {', '.join(absent)}; their tracks use these)" if absent else "")
+    for path in soundfonts:
+        stat = os.stat(path)
+        parts.append(f"soundfont={os.path.realpath(path)}:{stat.st_size}:{int(stat.st_mtime)}")
+    return Tools(mma, fluidsynth, soundfonts, "|".join(parts))
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -926,13 +1086,22 @@ def mma_song(plan: TrackPlan, seconds: float) -> tuple[str, int]:
     bar_seconds = plan.beats * 60.0 / plan.tempo
     bars = math.ceil((seconds + 1.0) / bar_seconds) + 1
     kit = KITS[plan.arrangement] if plan.arrangement else ""
+    prod = plan.production
     lines = [f"// genrecast demo catalogue: {plan.track_id} ({plan.genre}, {plan.artist})",
              f"RndSeed {plan.variation}", f"Tempo {plan.tempo}"]
     if plan.transpose:
         lines.append(f"Transpose {plan.transpose}")
+    if prod.voices:  # before any groove is loaded: VoiceTr applies to Voice lines read after it
+        lines.append("VoiceTr " + " ".join(f"{voice}={played}" for voice, played in prod.voices))
+    # Humanising and drum balance, set on every track of each groove (its library's own values
+    # are replaced) before it is saved as a section.
+    human = [f"AllTracks RTime {prod.rtime}" if prod.rtime else "",
+             f"AllTracks RVolume {prod.rvolume}" if prod.rvolume else "",
+             f"AllTracks Drum RSkip {prod.rskip}" if prod.rskip else "",
+             f"AllTracks Drum Volume {prod.drums:+d}%" if prod.drums else ""]
     sections = list(dict.fromkeys(plan.source))
     for n, groove in enumerate(sections):
-        lines += [f"Groove {groove}", kit.strip(), f"DefGroove GcSection{n}"]
+        lines += [f"Groove {groove}", kit.strip(), *human, f"DefGroove GcSection{n}"]
     if plan.melody:  # after the grooves: a Solo track is not part of any groove, so it survives them
         lines.append(SOLO_TRACK.strip())
     cycle = len(plan.progression)
@@ -1007,19 +1176,45 @@ def _score_program(part: object, instruments: list) -> int:
     return int(own) if own is not None else 0
 
 
-def _fluidsynth(tools: Tools, midi_path: str, wav_path: str, midi_seconds: float) -> None:
+def _fluidsynth(tools: Tools, production: Production, midi_path: str, wav_path: str, midi_seconds: float) -> None:
     expected = (midi_seconds + MAX_TAIL_S) * SAMPLE_RATE * 2 * 2  # stereo int16
     limit = int(min(MAX_RENDER_BYTES, expected * 1.2 + 2**20))
-    # Chorus/reverb are deterministic; one core keeps the mixing order fixed; all samples are
-    # loaded up front (dynamic loading gave different, if repeatable, renders of the same MIDI).
+    soundfont = tools.soundfont_for(production)
+    # Chorus/reverb are deterministic; one core keeps the mixing order fixed. Samples load as
+    # the MIDI selects their presets (dynamic loading): the same bytes on every run, and a 30 s
+    # track takes 0.4 s with an .sf2 (0.6-0.7 s loading all of it), 1.7 s with the .sf3 (5.3 s
+    # decoding all its Vorbis samples); measured on 8 tracks. Against loading everything, the
+    # .sf3's renders were identical, FluidR3's differed by under 1 LSB (one track compared).
+    room, damp, level = production.reverb
     cmd = [tools.fluidsynth, "-n", "-i", "-q", "-F", wav_path, "-T", "wav", "-O", "s16",
            "-r", str(SAMPLE_RATE), "-g", "0.5", "-o", "synth.cpu-cores=1",
-           "-o", "synth.dynamic-sample-loading=0", tools.soundfont, midi_path]
+           "-o", "synth.dynamic-sample-loading=1",
+           "-o", f"synth.reverb.room-size={room}", "-o", f"synth.reverb.damp={damp}",
+           "-o", f"synth.reverb.level={level}", "-o", f"synth.chorus.level={production.chorus}",
+           soundfont, midi_path]
     run_guarded(cmd, "fluidsynth", FLUIDSYNTH_TIMEOUT_S, limit, os.path.dirname(wav_path))
 
 
-def _finish(wav_path: str, seconds: float, midi_seconds: float, loop: bool) -> np.ndarray:
-    """Rendered WAV -> mono int16 of exactly ``seconds``, peak-normalised, faded at the ends."""
+def tilt(samples: np.ndarray, db_per_octave: float) -> np.ndarray:
+    """A gentle EQ: ``db_per_octave`` dB gain per octave above :data:`TILT_PIVOT_HZ` (and the
+    opposite below), flat below 40 Hz and above 10 kHz; samples at ``SAMPLE_RATE``, float64."""
+    import scipy.fft
+
+    if not db_per_octave or not len(samples):
+        return samples
+    n = len(samples)
+    # Zero padding (0.4 s, longer than the filter rings) so the end does not wrap onto the start.
+    size = scipy.fft.next_fast_len(n + 8192, real=True)
+    freqs = np.fft.rfftfreq(size, 1.0 / SAMPLE_RATE)
+    octaves = np.log2(np.clip(freqs, 40.0, 10_000.0) / TILT_PIVOT_HZ)
+    spectrum = scipy.fft.rfft(samples, size) * 10.0 ** (db_per_octave * octaves / 20.0)
+    return scipy.fft.irfft(spectrum, size)[:n]
+
+
+def _finish(wav_path: str, seconds: float, midi_seconds: float, loop: bool,
+            production: Production = Production()) -> np.ndarray:
+    """Rendered WAV -> mono int16 of exactly ``seconds``, tilted (EQ), peak-normalised to
+    ``production.gain_db`` below :data:`PEAK` (never clipping), faded at the ends."""
     try:
         data, rate = sf.read(wav_path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -1034,11 +1229,11 @@ def _finish(wav_path: str, seconds: float, midi_seconds: float, loop: bool) -> n
             raise RenderError(f"rendered {rendered:.1f}s, shorter than {seconds:g}s")
         period = min(len(mono), max(1, round(midi_seconds * SAMPLE_RATE)))
         mono = np.tile(mono[:period], math.ceil(n / period))
-    mono = mono[:n].astype(np.float64)
+    mono = tilt(mono[:n].astype(np.float64), production.tilt_db)
     peak = float(np.max(np.abs(mono))) if n else 0.0
     if peak < 1e-4:
         raise RenderError("silent render")
-    mono *= PEAK / peak
+    mono *= PEAK * 10.0 ** (min(0.0, production.gain_db) / 20.0) / peak
     fade_in, fade_out = min(n, round(FADE_IN_S * SAMPLE_RATE)), min(n, round(FADE_OUT_S * SAMPLE_RATE))
     mono[:fade_in] *= np.linspace(0.0, 1.0, fade_in)
     mono[n - fade_out :] *= np.linspace(1.0, 0.0, fade_out)
@@ -1052,33 +1247,41 @@ def render_pcm(plan: TrackPlan, seconds: float, tools: Tools) -> np.ndarray:
     """Render one planned track: mono int16 samples at ``SAMPLE_RATE``, exactly ``seconds`` long."""
     with tempfile.TemporaryDirectory(prefix="genrecast-demo-") as tmp:
         midi_path, wav_path = os.path.join(tmp, "track.mid"), os.path.join(tmp, "track.wav")
-        if plan.renderer == "mma":
-            song, _bars = mma_song(plan, seconds)
-            with open(os.path.join(tmp, "track.mma"), "w") as fh:
-                fh.write(song)
-            run_guarded([tools.mma, "-w", "-f", midi_path, "track.mma"], "mma", MMA_TIMEOUT_S, 10 * 2**20, tmp)
-        elif plan.renderer == "music21":
-            with _MUSIC21_LOCK:  # music21 keeps process-wide caches; one score at a time
-                _score_midi(plan, seconds, midi_path)
-        else:
-            raise RenderError(f"unknown renderer {plan.renderer!r}")
-        if not os.path.isfile(midi_path):
-            raise RenderError(f"{plan.renderer} wrote no MIDI file")
-        with open(midi_path, "rb") as fh:
-            midi = fh.read()
-        facts = midi_facts(midi)
-        with open(midi_path, "wb") as fh:
-            fh.write(midi_with_sound_off(midi))
-        if plan.renderer == "mma":
-            if facts.pitched_channels < 2:
-                raise RenderError(f"{' '.join(plan.source)}: {facts.pitched_channels} pitched channel(s), "
-                                  "need bass and chords besides drums")
-            if facts.seconds < seconds:
-                raise RenderError(f"MIDI is {facts.seconds:.1f}s, shorter than {seconds:g}s (time signature?)")
-        elif facts.pitched_channels < 1:
-            raise RenderError(f"{plan.source[0]}: excerpt has no notes")
-        _fluidsynth(tools, midi_path, wav_path, facts.seconds)
-        return _finish(wav_path, seconds, facts.seconds, loop=plan.renderer == "music21")
+        facts = write_midi(plan, seconds, tools, midi_path)
+        _fluidsynth(tools, plan.production, midi_path, wav_path, facts.seconds)
+        return _finish(wav_path, seconds, facts.seconds, loop=plan.renderer == "music21", production=plan.production)
+
+
+def write_midi(plan: TrackPlan, seconds: float, tools: Tools, midi_path: str) -> MidiFacts:
+    """Write a planned track's MIDI (ending in "all sound off") to ``midi_path``, in a folder
+    of its own; its facts, checked: drums, bass and chords (mma) or notes (music21), the length."""
+    tmp = os.path.dirname(midi_path)
+    if plan.renderer == "mma":
+        song, _bars = mma_song(plan, seconds)
+        with open(os.path.join(tmp, "track.mma"), "w") as fh:
+            fh.write(song)
+        run_guarded([tools.mma, "-w", "-f", midi_path, "track.mma"], "mma", MMA_TIMEOUT_S, 10 * 2**20, tmp)
+    elif plan.renderer == "music21":
+        with _MUSIC21_LOCK:  # music21 keeps process-wide caches; one score at a time
+            _score_midi(plan, seconds, midi_path)
+    else:
+        raise RenderError(f"unknown renderer {plan.renderer!r}")
+    if not os.path.isfile(midi_path):
+        raise RenderError(f"{plan.renderer} wrote no MIDI file")
+    with open(midi_path, "rb") as fh:
+        midi = fh.read()
+    facts = midi_facts(midi)
+    with open(midi_path, "wb") as fh:
+        fh.write(midi_with_sound_off(midi))
+    if plan.renderer == "mma":
+        if facts.pitched_channels < 2:
+            raise RenderError(f"{' '.join(plan.source)}: {facts.pitched_channels} pitched channel(s), "
+                              "need bass and chords besides drums")
+        if facts.seconds < seconds:
+            raise RenderError(f"MIDI is {facts.seconds:.1f}s, shorter than {seconds:g}s (time signature?)")
+    elif facts.pitched_channels < 1:
+        raise RenderError(f"{plan.source[0]}: excerpt has no notes")
+    return facts
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -1144,7 +1347,9 @@ def render_key(plan: TrackPlan, seconds: float, tools: Tools) -> str:
             m21 = "?"
         what = {"music21": m21, "source": plan.source, "tempo": plan.tempo, "transpose": plan.transpose,
                 "arrangement": plan.arrangement, "variation": plan.variation}
-    what |= {"renderer": plan.renderer, "seconds": seconds, "tools": tools.fingerprint}
+    # The production's mma part is in the mma text; its soundfont, mix and EQ are here.
+    what |= {"renderer": plan.renderer, "seconds": seconds, "tools": tools.fingerprint,
+             "production": asdict(plan.production), "soundfont": tools.soundfont_for(plan.production)}
     # The mma text names the track in a comment: drop it so identical songs share a render.
     blob = json.dumps(what, sort_keys=True).replace(plan.track_id, "")
     return hashlib.sha256(blob.encode()).hexdigest()
