@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 USER_PYSPARK_PYTHON := $(PYSPARK_PYTHON)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory bench-scale package submit notebooks clean
+.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory bench-scale bench-train-memory package submit notebooks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,7 +26,7 @@ ingest: setup
 demo: setup
 	@bash scripts/demo.sh $(CONF)
 
-bench: bench-ingest bench-score bench-decode-memory bench-scale
+bench: bench-ingest bench-score bench-decode-memory bench-scale bench-train-memory
 
 bench-ingest: setup
 	$(PY) bench/ingest.py
@@ -40,6 +40,11 @@ bench-decode-memory: setup
 # SIZES=10000,100000 for a quicker run (default 10k, 100k, 1M simulated tracks; ~5 min on 2 cores)
 bench-scale: setup
 	$(PY) bench/scale.py --recommend $(if $(SIZES),--sizes $(SIZES))
+
+# SIZES=1,2 for a quicker run (default 1x, 2x, 8x the demo's 200 tracks x 10 clips, this code and
+# the code before streaming; ~25 min on 2 loaded cores)
+bench-train-memory: setup
+	$(PY) bench/train_memory.py $(if $(SIZES),--sizes $(SIZES))
 
 # dist/: the genrecast wheel and genrecast.zip for --py-files (ENV_ARCHIVE=1: a packed venv too).
 package: setup

@@ -39,7 +39,9 @@ def _reader(cfg: Any, tracks: list[str], **kwargs: Any) -> Any:
 
 
 def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids."""
+    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids.
+
+    Not used by training (streamed): for notebooks, benches and tests on a few tracks."""
     index = {g: i for i, g in enumerate(genres)}
     xs, ys, ids = [], [], []
     if tracks:
