@@ -116,15 +116,22 @@ def child(conf: str) -> dict[str, Any]:
     worker_hwm: dict[int, int] = {}
     done = threading.Event()
 
-    def sample() -> None:  # VmHWM of every genrecast.train_worker process, until the run ends
+    def ours(pid: str) -> bool:  # a descendant of this process (not another job's TF worker)
+        while pid not in ("0", "1"):
+            if int(pid) == os.getpid():
+                return True
+            pid = str(status_kib(pid, "PPid"))
+        return False
+
+    def sample() -> None:  # VmHWM of this run's genrecast.train_worker processes, until it ends
         while not done.is_set():
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                        if b"genrecast.train_worker" not in fh.read():
+                        if b"genrecast.train_worker" not in fh.read() or not ours(pid):
                             continue
                     worker_hwm[int(pid)] = max(worker_hwm.get(int(pid), 0), status_kib(pid, "VmHWM"))
-                except (OSError, StopIteration):
+                except (OSError, StopIteration, ValueError):
                     pass
             time.sleep(0.1)
 
@@ -215,7 +222,8 @@ def main() -> None:
             print(
                 f"  {name}: worker peak {r['worker_peak_mib']:.0f} MiB; evaluation on the driver "
                 f"+{ev['peak_mib'] - ev['rss_before_mib']:.0f} MiB (peak {ev['peak_mib']:.0f}), "
-                f"{ev['seconds']:.1f}s; {r['test_tracks']} test tracks; run {r['seconds']:.0f}s",
+                f"{ev['seconds']:.1f}s; {r['test_tracks']} test tracks; run {r['seconds']:.0f}s "
+                f"({r['worker_processes']} TF worker process(es) seen)",
                 flush=True,
             )
     base = {r["variant"]: r for r in rows if r["size"] == rows[0]["size"]}
@@ -230,7 +238,8 @@ def main() -> None:
         print(
             f"{r['size']:>3}x {r['tracks']:>6} {r['tracks'] * args.clips:>6} {r['mib']:>5.0f} {r['variant']:>4} | "
             f"{r['worker_peak_mib']:>11.0f} MiB {r['worker_peak_mib'] / b['worker_peak_mib']:>6.2f} | "
-            f"{grow:>12.0f} MiB {grow / max(grow0, 1e-9):>6.2f} {r['eval']['seconds']:>6.1f} | {r['seconds']:>5.0f}"
+            f"{grow:>12.0f} MiB {grow / max(grow0, 1e-9):>6.2f} {r['eval']['seconds']:>6.1f} | "
+            f"{r['epoch_seconds']:>7.0f} {r['seconds']:>5.0f}"
         )
     (OUT / "results.json").write_text(json.dumps(rows, indent=2))
 

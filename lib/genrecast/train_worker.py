@@ -125,6 +125,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tf.keras.utils.set_random_seed(spec["seed"])  # same initial weights on every worker
     k = keras()
 
+    # The same on every worker (train.val_shards gives all of them tracks, or none): a worker
+    # that skipped validation would leave the others waiting in its collectives.
     has_val = bool(spec["val_shards"][rank]) and spec["validation_steps"] > 0
     log(
         rank,
