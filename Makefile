@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 USER_PYSPARK_PYTHON := $(PYSPARK_PYTHON)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory bench-scale bench-recommend-memory package submit notebooks clean
+.PHONY: setup test lint demo ingest bench bench-ingest bench-score bench-decode-memory bench-scale bench-recommend-memory bench-train-memory package submit notebooks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,7 +26,7 @@ ingest: setup
 demo: setup
 	@bash scripts/demo.sh $(CONF)
 
-bench: bench-ingest bench-score bench-decode-memory bench-scale bench-recommend-memory
+bench: bench-ingest bench-score bench-decode-memory bench-scale bench-recommend-memory bench-train-memory
 
 bench-ingest: setup
 	$(PY) bench/ingest.py
@@ -44,6 +44,11 @@ bench-scale: setup
 # Recommend tasks' memory per Python worker: search arrays as mapped files vs broadcasts (~5 min)
 bench-recommend-memory: setup
 	$(PY) bench/recommend_memory.py $(if $(SIZES),--sizes $(SIZES))
+
+# SIZES=1,2 for a quicker run (default 1x, 2x, 8x the demo's 200 tracks x 10 clips, this code and
+# the code before streaming; ~25 min on 2 loaded cores)
+bench-train-memory: setup
+	$(PY) bench/train_memory.py $(if $(SIZES),--sizes $(SIZES))
 
 # dist/: the genrecast wheel and genrecast.zip for --py-files (ENV_ARCHIVE=1: a packed venv too).
 package: setup

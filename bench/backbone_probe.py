@@ -36,7 +36,7 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     cfg = load_config(args.conf)
     meta = registry.read_model_json(cfg, args.model)
-    genres, assignment = meta["genres"], meta["split"]["tracks"]
+    genres, assignment = meta["genres"], registry.read_split(cfg, args.model, meta)
     t0 = time.perf_counter()
     x, y, ids = load_clips(cfg, sorted(assignment), genres)
     print(f"{len(ids)} clips of {len(set(ids))} tracks loaded in {time.perf_counter() - t0:.1f}s")

@@ -53,7 +53,9 @@ def test_registry_and_report(trained):
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["genres"] == ["low", "high", "noise"]
     assert meta["audio"]["n_mels"] == 128 and len(meta["normalisation"]["band_mean"]) == 128
-    assert set(meta["split"]["tracks"].values()) == {"train", "val", "test"}
+    split = registry.read_split(cfg, result.model_id, meta)
+    assert set(split.values()) == {"train", "val", "test"} and len(split) == 36
+    assert sum(side == "test" for side in split.values()) == result.metrics["cnn_track"]["n"] == 9
     assert meta["split"]["seed"] == 0 and len(meta["dataset"]["fingerprint"]) == 64
     for name in ("confusion.png", "baseline_confusion.png", "curves.png"):
         assert storage.read_bytes(f"{result.report_uri}/{name}")[:8] == b"\x89PNG\r\n\x1a\n"
@@ -63,6 +65,15 @@ def test_registry_and_report(trained):
     assert 0 <= metrics["baseline_track"]["accuracy"] <= 1
     model, _ = registry.load_model(cfg, result.model_id)
     assert model.count_params() == meta["params"]
+
+
+def test_validation_is_streamed_on_both_workers(trained):
+    _, result = trained
+    chief = result.workers[0]
+    assert len(chief["history"]["val_accuracy"]) == chief["epochs_run"] == 15
+    assert all(0 <= v <= 1 for v in chief["history"]["val_accuracy"])
+    # The workers' Keras metrics are all-reduced: both report the same validation history.
+    assert result.workers[1]["history"]["val_loss"] == pytest.approx(chief["history"]["val_loss"])
 
 
 def test_model_refuses_other_audio_settings(trained):

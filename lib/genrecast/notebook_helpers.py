@@ -216,7 +216,7 @@ class SplitPredictions:
 
 
 def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
-    """Run the saved model over the test split's clips (model.json ``split``), clip level and
+    """Run the saved model over the test split's clips (:func:`registry.read_split`), clip level and
     track level (mean of clip probabilities), with the train job's own building blocks."""
     import pandas as pd
 
@@ -226,7 +226,7 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
 
     model, meta = registry.load_model(cfg, model_id)
     genres = list(meta["genres"])
-    test = sorted(t for t, side in meta["split"]["tracks"].items() if side == "test")
+    test = sorted(t for t, side in registry.read_split(cfg, model_id, meta).items() if side == "test")
     x, y, clip_tracks = load_clips(cfg, test, genres)
     probs, _embedding = inference_model(model).predict(x, batch_size=64, verbose=0)
     order, track_probs = track_mean(clip_tracks, probs)
@@ -282,7 +282,7 @@ def example_queries(cfg: Config, model_id: str, per_genre: int = 1, max_genres: 
 
     storage = Storage.from_config(cfg)
     labels, _ = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
-    split = registry.read_model_json(cfg, model_id).get("split", {}).get("tracks", {})
+    split = registry.read_split(cfg, model_id)
     scored = read_scores(storage, scores_uri(cfg, model_id), model_id).track_ids
     picks = []
     for genre in [g for g in cfg.genres if any(lab.genre == g for lab in labels.values())][:max_genres]:

@@ -332,7 +332,7 @@ def _full(
         log.info("recommend: %s recall@%d %.3f on %d queries", chosen, k, summary.recall, len(sample))
 
     labels, _ = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
-    summary.quality = quality(spark, cfg, frame, labels, meta.get("split", {}).get("tracks", {}), k, settings)
+    summary.quality = quality(spark, cfg, frame, labels, registry.read_split(cfg, model_id, meta), k, settings)
     summary.seconds = time.monotonic() - started
 
     report = {

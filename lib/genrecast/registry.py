@@ -1,5 +1,5 @@
-"""Model registry: ``<root>/models/<model_id>/`` with ``model.keras``, ``model.json`` and
-``report/``, plus a ``LATEST`` pointer. A model directory without ``model.json`` is an
+"""Model registry: ``<root>/models/<model_id>/`` with ``model.keras``, ``model.json``,
+``split.parquet`` and ``report/``, plus a ``LATEST`` pointer. A model directory without ``model.json`` is an
 unfinished run and is never resolved; ``model.json`` is written last."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from genrecast.storage import Storage, join
 LATEST = "LATEST"
 MODEL_FILE = "model.keras"
 MODEL_JSON = "model.json"
+SPLIT_FILE = "split.parquet"  # track_id, split (train|val|test), group: see write_split
 REPORT_DIR = "report"  # metrics.json, confusion.png, curves.png... (genrecast.train.write_report)
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,99}$")
 AUDIO_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "clip_seconds")
@@ -62,6 +63,42 @@ def check_audio_params(meta: dict[str, Any], audio: AudioConf, model_id: str) ->
     ]
     if diffs:
         raise ConfigError(f"model {model_id} was trained with other audio settings ({'; '.join(diffs)})")
+
+
+def write_split(cfg: Config, model_id: str, assignment: dict[str, str], groups: dict[str, str]) -> str:
+    """``split.parquet`` beside the model: one row per labelled track (``track_id``, ``split``
+    train|val|test, ``group``: the unit kept on one side, :func:`genrecast.split.split_groups`),
+    sorted by track_id. Written before ``model.json``; models trained before it embedded the
+    split in ``model.json`` (``split.tracks``), which :func:`read_split` still reads."""
+    import pyarrow as pa
+
+    ids = sorted(assignment)
+    table = pa.table(
+        {
+            "track_id": pa.array(ids, pa.string()),
+            "split": pa.array([assignment[t] for t in ids], pa.string()),
+            "group": pa.array([groups[t] for t in ids], pa.string()),
+        }
+    )
+    uri = join(model_uri(cfg, model_id), SPLIT_FILE)
+    Storage.from_config(cfg).write_parquet(uri, table)
+    return uri
+
+
+def read_split(cfg: Config, model_id: str, meta: dict[str, Any] | None = None) -> dict[str, str]:
+    """``track_id -> train|val|test`` of a model: its ``split.parquet``, or the ``split.tracks``
+    an older ``model.json`` embedded; ``{}`` for a model with neither. ``meta``: the model.json
+    when the caller has read it already."""
+    meta = read_model_json(cfg, model_id) if meta is None else meta
+    embedded = meta.get("split", {}).get("tracks")
+    if embedded is not None:
+        return dict(embedded)
+    storage = Storage.from_config(cfg)
+    uri = join(model_uri(cfg, model_id), SPLIT_FILE)
+    if not storage.exists(uri):
+        return {}
+    table = storage.read_parquet(uri, ["track_id", "split"])
+    return dict(zip(table.column("track_id").to_pylist(), table.column("split").to_pylist(), strict=True))
 
 
 def publish(cfg: Config, model_id: str, meta: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -472,6 +472,27 @@ class Storage:
             return pq.ParquetFile(io.BytesIO(self.read_bytes(uri))).read(use_threads=False)
         with _RangeFile(self, normalize_uri(uri)) as fh:
             return pq.ParquetFile(fh).read(columns=columns, use_threads=False)
+
+    def iter_row_groups(
+        self, uri: str, columns: list[str], where: tuple[str, Container[str]] | None = None
+    ) -> Iterator[Any]:
+        """``columns`` of a Parquet file one row group at a time (``pyarrow.Table`` each), by
+        range reads: a reader holds one row group, not the file (a mel part of many tracks).
+        With ``where=(column, values)``, only the rows whose ``column`` is in ``values``: that
+        column is read first, and a row group without such rows costs no other read."""
+        import pyarrow.parquet as pq
+
+        with _RangeFile(self, normalize_uri(uri)) as fh:
+            pf = pq.ParquetFile(fh)
+            for i in range(pf.num_row_groups):
+                if where is None:
+                    yield pf.read_row_group(i, columns=columns, use_threads=False)
+                    continue
+                column, values = where
+                keys = pf.read_row_group(i, columns=[column], use_threads=False).column(column).to_pylist()
+                rows = [k for k, key in enumerate(keys) if key in values]
+                if rows:
+                    yield pf.read_row_group(i, columns=columns, use_threads=False).take(rows)
 
     def size(self, uri: str) -> int:
         """Bytes in one file (FileNotFoundError if there is none)."""

@@ -3,8 +3,10 @@
 Started by a Spark barrier task (see :mod:`genrecast.train`) in a fresh process with
 ``TF_CONFIG`` set, so TensorFlow's collective runtime starts clean every run (a reused Spark
 Python worker cannot re-initialise MultiWorkerMirroredStrategy). Reads its own Petastorm shard
-(``cur_shard``/``shard_count``), trains with ``MultiWorkerMirroredStrategy`` and writes a JSON
-result. The chief (worker 0) saves the model; the others save to a scratch directory, as
+of the train split (``cur_shard``/``shard_count``) and its own validation tracks
+(``val_shards[rank]``), both streamed: the worker holds reader and tf.data buffers, never a
+split. Trains with ``MultiWorkerMirroredStrategy`` and writes a JSON result (with its peak
+RSS). The chief (worker 0) saves the model; the others save to a scratch directory, as
 MultiWorkerMirroredStrategy requires every worker to take part in saving.
 """
 
@@ -37,7 +39,9 @@ def _reader(cfg: Any, tracks: list[str], **kwargs: Any) -> Any:
 
 
 def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids."""
+    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids.
+
+    Not used by training (streamed): for notebooks, benches and tests on a few tracks."""
     index = {g: i for i, g in enumerate(genres)}
     xs, ys, ids = [], [], []
     if tracks:
@@ -51,11 +55,28 @@ def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarr
     return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32), ids
 
 
-def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
-    """Endless shuffled (mel, label) batches from this worker's Petastorm shard of the train split."""
+def _batches(reader: Any, genres: list[str], batch: int, shuffle: tuple[int, int] | None = None) -> Any:
+    """A Petastorm reader -> tf.data (mel, label index) batches of ``batch`` (remainder dropped),
+    shuffled through a buffer with ``shuffle=(buffer, seed)``."""
     import tensorflow as tf
     from petastorm.tf_utils import make_petastorm_dataset
 
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(genres), tf.range(len(genres), dtype=tf.int32)),
+        default_value=-1,
+    )
+    ds = make_petastorm_dataset(reader).map(lambda r: (r.mel, table.lookup(r.genre)), num_parallel_calls=2)
+    if shuffle is not None:
+        ds = ds.shuffle(shuffle[0], seed=shuffle[1])
+    ds = ds.batch(batch, drop_remainder=True)
+    options = tf.data.Options()
+    # Sharding is ours (petastorm row groups, or val_shards); tf.data must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(4)
+
+
+def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
+    """Endless shuffled (mel, label) batches from this worker's Petastorm shard of the train split."""
     reader = _reader(
         cfg,
         spec["train_tracks"],
@@ -66,16 +87,27 @@ def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any
         seed=spec["seed"] + spec["rank"],
         workers_count=2,
     )
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(spec["genres"]), tf.range(len(spec["genres"]), dtype=tf.int32)),
-        default_value=-1,
-    )
-    ds = make_petastorm_dataset(reader).map(lambda r: (r.mel, table.lookup(r.genre)), num_parallel_calls=2)
-    ds = ds.shuffle(spec["shuffle_buffer"], seed=spec["seed"]).batch(per_replica_batch, drop_remainder=True)
-    options = tf.data.Options()
-    # Sharding is petastorm's (row groups per worker); tf.data must not shard again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(4), reader
+    shuffle = (spec["shuffle_buffer"], spec["seed"])
+    return _batches(reader, spec["genres"], per_replica_batch, shuffle), reader
+
+
+def val_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
+    """Endless (mel, label) batches of this worker's validation tracks (``val_shards[rank]``, a
+    predicate on track_id over the whole dataset: every worker gets clips, whatever the row
+    groups), in storage order. Keras takes ``validation_steps`` batches a run on every worker
+    (enough for the largest shard; a smaller one repeats some clips) and all-reduces the metrics."""
+    reader = _reader(cfg, spec["val_shards"][spec["rank"]], num_epochs=None, shuffle_row_groups=False, workers_count=2)
+    return _batches(reader, spec["genres"], per_replica_batch), reader
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set (``VmHWM``), MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return kib / 1024
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,14 +125,25 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tf.keras.utils.set_random_seed(spec["seed"])  # same initial weights on every worker
     k = keras()
 
-    val_x, val_y, _ = load_clips(cfg, spec["val_tracks"], spec["genres"])
-    log(rank, f"{len(val_y)} validation clips in memory; training on shard {rank + 1}/{workers}")
+    # The same on every worker (train.val_shards gives all of them tracks, or none): a worker
+    # that skipped validation would leave the others waiting in its collectives.
+    has_val = bool(spec["val_shards"][rank]) and spec["validation_steps"] > 0
+    log(
+        rank,
+        f"training on shard {rank + 1}/{workers}; {len(spec['val_shards'][rank])} validation tracks, "
+        f"{spec['validation_steps']} validation steps",
+    )
     global_batch = spec["batch_size"]
     per_replica = max(1, global_batch // strategy.num_replicas_in_sync)
     readers = []
 
     def dataset_fn(input_context: Any) -> Any:
         ds, reader = train_dataset(cfg, spec, input_context.get_per_replica_batch_size(global_batch))
+        readers.append(reader)
+        return ds
+
+    def val_fn(input_context: Any) -> Any:
+        ds, reader = val_dataset(cfg, spec, input_context.get_per_replica_batch_size(global_batch))
         readers.append(reader)
         return ds
 
@@ -144,7 +187,6 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     epoch_seconds: list[float] = []
     callbacks: list[Any] = [EpochLog()]
-    has_val = len(val_y) > 0
     if has_val:
         callbacks.append(
             # Accuracy, not loss: on held-out artists val_loss climbs with over-confidence long
@@ -157,7 +199,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         k.utils.experimental.DatasetCreator(dataset_fn),
         epochs=spec["epochs"],
         steps_per_epoch=spec["steps_per_epoch"],
-        validation_data=(val_x, val_y) if has_val else None,
+        validation_data=k.utils.experimental.DatasetCreator(val_fn) if has_val else None,
+        validation_steps=spec["validation_steps"] if has_val else None,
         callbacks=callbacks,
         verbose=0,
     )
@@ -187,6 +230,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "train_clips_per_s": spec["steps_per_epoch"] * per_replica * len(epoch_seconds) / max(train_seconds, 1e-9),
         "pipeline_clips_per_s": pipeline_clips_per_s,
         "params": int(model.count_params()),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -1,0 +1,92 @@
+"""Streamed training and evaluation: the split table beside the model, validation shards, and the
+executors' per-track test evaluation checked against a direct computation on the driver."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from genrecast import registry
+from genrecast.split import TEST, TRAIN, VAL
+from genrecast.storage import Storage, join
+from genrecast.train import val_shards
+
+from conftest import write_config
+
+
+def test_split_table_round_trip_and_old_embedded_split(tmp_path):
+    cfg = write_config(tmp_path)
+    assignment = {"b/2": TEST, "a/1": TRAIN, "c/3": VAL}
+    groups = {"a/1": "artist:x", "b/2": "track:b/2", "c/3": "artist:x"}
+    uri = registry.write_split(cfg, "m1", assignment, groups)
+    registry.publish(cfg, "m1", {"model_id": "m1", "split": {"seed": 0, "table": registry.SPLIT_FILE}})
+    assert uri == join(registry.model_uri(cfg, "m1"), registry.SPLIT_FILE)
+    table = Storage().read_parquet(uri)
+    assert table.column_names == ["track_id", "split", "group"]
+    assert table.column("track_id").to_pylist() == ["a/1", "b/2", "c/3"]
+    assert table.column("group").to_pylist() == ["artist:x", "track:b/2", "artist:x"]
+    assert registry.read_split(cfg, "m1") == assignment
+    # A model trained before the table: its model.json embeds the split, read the same way.
+    registry.publish(cfg, "m0", {"model_id": "m0", "split": {"seed": 0, "tracks": {"a/1": TEST}}})
+    assert registry.read_split(cfg, "m0") == {"a/1": TEST}
+    registry.publish(cfg, "m2", {"model_id": "m2"})  # neither (e.g. a model made by a bench)
+    assert registry.read_split(cfg, "m2") == {}
+
+
+@pytest.mark.parametrize(
+    "clips, workers, expected",
+    [
+        ({}, 2, [[], []]),
+        ({"a": 3}, 2, [["a"], ["a"]]),  # fewer tracks than workers: every worker reads them all
+        ({"a": 5, "b": 3, "c": 2, "d": 1}, 2, [["a", "d"], ["b", "c"]]),
+        ({"a": 1, "b": 1, "c": 1}, 3, [["a"], ["b"], ["c"]]),
+    ],
+)
+def test_val_shards_cover_every_track_and_balance_clips(clips, workers, expected):
+    assert val_shards(clips, workers) == expected
+
+
+def test_iter_row_groups_reads_only_matching_rows(tmp_path):
+    path = str(tmp_path / "t.parquet")
+    ids = [f"t{i // 3}" for i in range(12)]  # 4 tracks of 3 rows, row groups of 4 rows
+    Storage().write_parquet(path, pa.table({"track_id": ids, "v": list(range(12))}), row_group_size=4)
+    groups = list(Storage().iter_row_groups(path, ["track_id", "v"], where=("track_id", {"t0", "t3"})))
+    assert [g.column("v").to_pylist() for g in groups] == [[0, 1, 2], [9, 10, 11]]  # the middle group skipped
+    assert sum(g.num_rows for g in Storage().iter_row_groups(path, ["v"])) == 12
+
+
+def test_evaluation_on_executors_matches_a_direct_computation(trained):
+    """The conftest model's report (train.evaluate: executors, one row per test track) against
+    the model run on the driver over every test clip (the pre-streaming way)."""
+    from genrecast import report
+    from genrecast.score import Predictor
+    from genrecast.train_worker import load_clips
+
+    _root, cfg, model_id = trained
+    meta = registry.read_model_json(cfg, model_id)
+    assert "tracks" not in meta["split"] and meta["split"]["table"] == registry.SPLIT_FILE
+    split = registry.read_split(cfg, model_id, meta)
+    test = sorted(t for t, s in split.items() if s == TEST)
+    assert test and sum(meta["split"]["counts"].values()) == len(split)
+    genres = meta["genres"]
+    x, y, clip_tracks = load_clips(cfg, test, genres)
+    probs, embeddings = Predictor(registry.load_keras_file(cfg, model_id), genres).predict(x)
+    order, track_probs = report.track_mean(clip_tracks, probs)
+    true = dict(zip(clip_tracks, y, strict=True))
+    direct_track = report.classification_metrics([true[t] for t in order], track_probs.argmax(1), genres)
+    direct_clip = report.classification_metrics(y, probs.argmax(1), genres)
+
+    metrics = json.loads(Storage().read_bytes(join(registry.report_uri(cfg, model_id), "metrics.json")))
+    assert order == test and metrics["cnn_track"]["n"] == len(test)
+    assert metrics["cnn_clip"]["n"] == len(y)
+    assert metrics["cnn_track"]["confusion"] == direct_track["confusion"]
+    assert metrics["cnn_track"]["accuracy"] == pytest.approx(direct_track["accuracy"])
+    assert metrics["cnn_clip"]["confusion"] == direct_clip["confusion"]
+    assert meta["metrics"]["cnn_track"] == pytest.approx(direct_track["accuracy"])
+    # Validation ran streamed, every epoch, and the worker reported its peak RSS.
+    assert len(metrics["history"]["val_accuracy"]) == meta["training"]["epochs_run"]
+    assert all(np.isfinite(metrics["history"]["val_loss"]))
+    assert meta["training"]["worker_peak_rss_mb"][0] > 100
