@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from genrecast import commit, registry
+from genrecast.config import AugmentConf
 from genrecast.errors import ConfigError
 from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
@@ -74,6 +75,22 @@ def test_validation_is_streamed_on_both_workers(trained):
     assert all(0 <= v <= 1 for v in chief["history"]["val_accuracy"])
     # The workers' Keras metrics are all-reduced: both report the same validation history.
     assert result.workers[1]["history"]["val_loss"] == pytest.approx(chief["history"]["val_loss"])
+
+
+def test_augmented_training_learns_and_is_recorded(trained, spark):
+    """Every augmentation stage, mixup's one-hot labels and balanced batches through the same
+    distributed path: the replicas agree, the classes are still learned, the settings are kept."""
+    cfg, _ = trained
+    augment = {"use": ["gain", "tilt", "time_mask", "freq_mask", "pitch", "stretch", "mixup"], "balanced": True}
+    cfg = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"augment": AugmentConf.model_validate(augment), "epochs": 12})}
+    )
+    result = run_train(cfg, spark)
+    assert len({w["weights_sha256"] for w in result.workers}) == 1
+    assert np.isfinite(result.workers[0]["history"]["val_loss"]).all()
+    assert result.metrics["cnn_track"]["accuracy"] >= 6 / 9, result.report_text  # chance is 1/3
+    meta = registry.read_model_json(cfg, result.model_id)
+    assert meta["training"]["augment"]["use"] == augment["use"] and meta["training"]["augment"]["balanced"]
 
 
 def test_model_refuses_other_audio_settings(trained):

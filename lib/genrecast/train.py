@@ -350,6 +350,9 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "embedding_dim": cfg.train.embedding_dim,
         "backbone": cfg.train.backbone,
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
+        "train_genre_clips": [
+            sum(n for t, n in track_clips.items() if assignment[t] == TRAIN and genre_of[t] == g) for g in genres
+        ],
         "threads": int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
     }
     rdd = (
@@ -374,6 +377,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "train_clips_per_s_per_worker": chief["train_clips_per_s"],
         "input_pipeline_clips_per_s_per_worker": chief["pipeline_clips_per_s"],
         "params": chief["params"],
+        "augment": cfg.train.augment.model_dump(),
         "worker_peak_rss_mb": [r.get("peak_rss_mb") for r in results],
     }
     report_uri = write_report(cfg, model_id, metrics, chief["history"], genres)

@@ -55,20 +55,42 @@ def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarr
     return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32), ids
 
 
-def _batches(reader: Any, genres: list[str], batch: int, shuffle: tuple[int, int] | None = None) -> Any:
-    """A Petastorm reader -> tf.data (mel, label index) batches of ``batch`` (remainder dropped),
-    shuffled through a buffer with ``shuffle=(buffer, seed)``."""
+def _batches(
+    reader: Any,
+    genres: list[str],
+    batch: int,
+    shuffle: tuple[int, int] | None = None,
+    augment: Any = None,
+    aug: tuple[int, int, int] | None = None,
+    balance_counts: list[int] | None = None,
+) -> Any:
+    """A Petastorm reader -> tf.data (mel, label) batches of ``batch`` (remainder dropped),
+    shuffled through a buffer with ``shuffle=(buffer, seed)``. ``augment`` (an AugmentConf) with
+    ``aug=(n_mels, frames, seed)`` adds its stages (:mod:`genrecast.augment`, train batches);
+    without ``aug`` it only makes labels one-hot when mixup is on (validation batches).
+    ``balance_counts``: clips per genre of the split, for class-balanced batches."""
     import tensorflow as tf
     from petastorm.tf_utils import make_petastorm_dataset
+
+    from genrecast import augment as stages
 
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(genres), tf.range(len(genres), dtype=tf.int32)),
         default_value=-1,
     )
     ds = make_petastorm_dataset(reader).map(lambda r: (r.mel, table.lookup(r.genre)), num_parallel_calls=2)
+    onehot = augment is not None and stages.needs_onehot(augment)
+    if balance_counts is not None:
+        ds = stages.balance(ds, balance_counts, aug[2] if aug else 0)
     if shuffle is not None:
         ds = ds.shuffle(shuffle[0], seed=shuffle[1])
+    if aug is not None and augment.use:
+        ds = ds.map(stages.clip_augmenter(augment, *aug), num_parallel_calls=2)
+    if onehot:
+        ds = ds.map(stages.onehot(len(genres)))
     ds = ds.batch(batch, drop_remainder=True)
+    if aug is not None and onehot:
+        ds = ds.map(stages.batch_mixup(augment.mixup_alpha, aug[2]))
     options = tf.data.Options()
     # Sharding is ours (petastorm row groups, or val_shards); tf.data must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -76,7 +98,8 @@ def _batches(reader: Any, genres: list[str], batch: int, shuffle: tuple[int, int
 
 
 def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
-    """Endless shuffled (mel, label) batches from this worker's Petastorm shard of the train split."""
+    """Endless shuffled (mel, label) batches from this worker's Petastorm shard of the train
+    split, augmented as ``train.augment`` says."""
     reader = _reader(
         cfg,
         spec["train_tracks"],
@@ -87,17 +110,21 @@ def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any
         seed=spec["seed"] + spec["rank"],
         workers_count=2,
     )
+    conf = cfg.train.augment
     shuffle = (spec["shuffle_buffer"], spec["seed"])
-    return _batches(reader, spec["genres"], per_replica_batch, shuffle), reader
+    aug = (cfg.audio.n_mels, cfg.audio.clip_frames, spec["seed"] + spec["rank"])  # own draws per worker
+    counts = spec["train_genre_clips"] if conf.balanced else None
+    return _batches(reader, spec["genres"], per_replica_batch, shuffle, conf, aug, counts), reader
 
 
 def val_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
     """Endless (mel, label) batches of this worker's validation tracks (``val_shards[rank]``, a
     predicate on track_id over the whole dataset: every worker gets clips, whatever the row
-    groups), in storage order. Keras takes ``validation_steps`` batches a run on every worker
-    (enough for the largest shard; a smaller one repeats some clips) and all-reduces the metrics."""
+    groups), in storage order, never augmented. Keras takes ``validation_steps`` batches a run on
+    every worker (enough for the largest shard; a smaller one repeats some clips) and all-reduces
+    the metrics."""
     reader = _reader(cfg, spec["val_shards"][spec["rank"]], num_epochs=None, shuffle_row_groups=False, workers_count=2)
-    return _batches(reader, spec["genres"], per_replica_batch), reader
+    return _batches(reader, spec["genres"], per_replica_batch, augment=cfg.train.augment), reader
 
 
 def peak_rss_mb() -> float | None:
@@ -162,7 +189,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             net = build_backbone_model(
                 cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
             )
-        model = compile_model(net, spec["learning_rate"])
+        from genrecast.augment import needs_onehot
+
+        model = compile_model(net, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment))
     if rank == 0:
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         log(rank, f"model {model.name}: {model.count_params():,} parameters, {trainable:,} trainable")
