@@ -229,7 +229,7 @@ def main() -> None:
     base = {r["variant"]: r for r in rows if r["size"] == rows[0]["size"]}
     print(
         f"\n{'size':>4} {'tracks':>6} {'clips':>6} {'MiB':>5} {'code':>4} | {'TF worker peak':>15} {'vs 1x':>6} | "
-        f"{'driver eval +MiB':>16} {'vs 1x':>6} {'eval s':>6} | {'run s':>5}"
+        f"{'driver eval +MiB':>16} {'vs 1x':>6} {'eval s':>6} | {'epoch s':>7} {'run s':>5}"
     )
     for r in rows:
         b = base[r["variant"]]
