@@ -249,25 +249,49 @@ def plan_ingest(
         genre = labels[t.track_id].genre if t.track_id in labels else None
         have = index.get(t.track_id)
         m = manifest.get(t.track_id)
-        current = m is not None and m.features_key == fkey
-        if m is not None:
-            held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
-        else:  # rows a run killed before its manifest commit wrote: under the last commit's key
-            held_ok = have is not None and ds_key == fkey
-        if current and m.same_listing(t) and m.genre == genre:
-            if held_ok and have[1] == genre:
-                plan.skipped_unchanged += 1
-                plan.kept.append(m)
-                continue
-            if m.status == "rejected" and rejected_shas.get(t.uri) == m.sha256:
-                plan.skipped_rejected += 1
-                plan.kept.append(m)
-                continue
-        # Rows made under other feature settings (or of unknown ones) are never kept as they are.
-        skip_sha = have[0] if held_ok and have[1] == genre else None
-        plan.tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, rejected_shas.get(t.uri)))
+        kind, skip_sha = decide_ingest(t, genre, have[:2] if have else None, m, rejected_shas.get(t.uri), fkey, ds_key)
+        if kind == FETCH:
+            plan.tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, rejected_shas.get(t.uri)))
+        elif kind == KEPT_UNCHANGED:
+            plan.skipped_unchanged += 1
+            plan.kept.append(m)
+        else:
+            plan.skipped_rejected += 1
+            plan.kept.append(m)
     plan.tasks = spread(plan.tasks)
     return plan
+
+
+# decide_ingest's verdicts
+FETCH, KEPT_UNCHANGED, KEPT_REJECTED = "fetch", "unchanged", "rejected"
+
+
+def decide_ingest(
+    t: Track,
+    genre: str | None,
+    have: tuple[str, str | None] | None,
+    m: Entry | None,
+    rejected_sha: str | None,
+    fkey: str,
+    ds_key: str | None,
+) -> tuple[str, str | None]:
+    """One track's plan (see :func:`plan_ingest`; the Spark planning in
+    :mod:`genrecast.ingest_plan` applies this per row): ``(FETCH, skip_sha)``,
+    ``(KEPT_UNCHANGED, None)`` or ``(KEPT_REJECTED, None)``. ``have``: (sha256, genre) of the
+    track in the mel dataset; ``m``: its manifest row; ``rejected_sha``: its source's reject
+    under ``fkey``."""
+    current = m is not None and m.features_key == fkey
+    if m is not None:
+        held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
+    else:  # rows a run killed before its manifest commit wrote: under the last commit's key
+        held_ok = have is not None and ds_key == fkey
+    if current and m.same_listing(t) and m.genre == genre:
+        if held_ok and have[1] == genre:
+            return KEPT_UNCHANGED, None
+        if m.status == "rejected" and rejected_sha == m.sha256:
+            return KEPT_REJECTED, None
+    # Rows made under other feature settings (or of unknown ones) are never kept as they are.
+    return FETCH, (have[0] if held_ok and have[1] == genre else None)
 
 
 @dataclass
