@@ -15,34 +15,33 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from genrecast import commit, lease
-from genrecast.catalogue import Label, Track, check_deletions, list_tracks, load_labels
+from genrecast.catalogue import Label, Track, check_deletions, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
 from genrecast.dataset import (
     METADATA,
     METADATA_SHA_KEY,
-    index_dataset,
     manifest_uri,
     mel_rows_per_group,
     mels_uri,
     metadata_row_groups,
     petastorm_metadata,
-    previous_rejects,
     reject_key,
     rejects_uri,
 )
 from genrecast.errors import ConfigError, JobError
 from genrecast.features import features_key, log_mel_clips, usable_samples, warm_up
-from genrecast.manifest import Entry, read_manifest, write_manifest
+from genrecast.manifest import Entry, manifest_table
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join
 from genrecast.tasks import PartitionResult, Plan, TrackTask, changed_inputs, spread
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # In the dataset's _table.json: the features_key of the rows its last commit added (for rows whose
 # manifest row is missing because a run was killed between the two commits).
 FEATURES_KEY = "features_key"
@@ -177,17 +176,25 @@ def stage_metadata(
 
 
 def read_labels(
-    storage: Storage, cfg: Config, labelled_tracks: int, labels_missing_ok: bool
-) -> tuple[dict[str, Label], list[dict]]:
-    """labels.csv, refusing (exit 2) to go on without it while ``labelled_tracks`` in the
-    dataset have a genre that an unlabelled run would erase (a typo in the URI, a lost file)."""
+    storage: Storage,
+    cfg: Config,
+    labelled_tracks: int,
+    labels_missing_ok: bool,
+    load: Callable[[Storage, str, list[str]], tuple[T, list[dict]]] = load_labels,
+) -> tuple[T | None, list[dict]]:
+    """labels.csv through ``load`` (:func:`~genrecast.catalogue.load_labels`, or ingest's
+    executor-side parse), refusing (exit 2) to go on without it while ``labelled_tracks`` in the
+    dataset have a genre that an unlabelled run would erase (a typo in the URI, a lost file).
+    ``(None, [])`` when the run goes on unlabelled."""
     uri = cfg.catalogue.labels_uri
     problem = None
     try:
         if uri and not storage.exists(uri):
             problem = "is missing"
+        elif uri:
+            return load(storage, uri, cfg.genres)
         else:
-            return load_labels(storage, uri, cfg.genres)
+            return None, []
     except JobError as exc:
         problem = f"is unreadable ({exc})"
     if labelled_tracks and not labels_missing_ok:
@@ -196,7 +203,7 @@ def read_labels(
             "erase their genres (fix catalogue.labels_uri, or pass --labels-missing-ok)"
         )
     log.warning("ingest: labels file %s %s: ingesting without labels", uri, problem)
-    return {}, []
+    return None, []
 
 
 # track_id -> (audio_sha256, genre, files holding its rows), from the dataset's index rows
@@ -367,24 +374,58 @@ def _ingest(
     allow_mass_delete: bool,
     leases: dict[str, lease.TableLease],
 ) -> None:
+    """Plan on Spark (:mod:`genrecast.ingest_plan`), run the tasks, commit. The driver holds
+    counts, the partitions' results and rejects (proportional to the change, not the catalogue)
+    and the table's file list; the plan's staged files go with the manifest's tmp folder."""
+    plan_tmp = commit.tmp_uri(summary.manifest_uri, summary.run_id, "plan")
+    frames: list[Any] = []
+    try:
+        _ingest_planned(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases, frames)
+    finally:
+        for frame in frames:
+            frame.unpersist()
+        storage.delete_prefix(plan_tmp)
+
+
+def _ingest_planned(
+    cfg: Config,
+    spark: Any,
+    storage: Storage,
+    summary: IngestSummary,
+    full: bool,
+    labels_missing_ok: bool,
+    allow_mass_delete: bool,
+    leases: dict[str, lease.TableLease],
+    frames: list[Any],
+) -> None:
+    from genrecast import ingest_plan as sp
+
     started = time.monotonic()
     ds_uri, rj_uri, mf_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.manifest_uri, summary.run_id
     fkey = summary.features_key
+    plan_tmp = commit.tmp_uri(mf_uri, run_id, "plan")
     sc = spark.sparkContext
 
+    listing, new_rejects = sp.stage_listing(
+        spark, storage, cfg.catalogue.audio_uri, cfg.ingest.extensions, join(plan_tmp, "listing")
+    )
+    frames.append(listing)
     old_files = commit.table_files(storage, ds_uri)
-    index = track_index(index_dataset(spark, cfg, old_files) if old_files else [])
-    labelled = sum(1 for _sha, genre, _files in index.values() if genre is not None)
-    labels, new_rejects = read_labels(storage, cfg, labelled, labels_missing_ok)
-    tracks: list[Track] = []
-    for item in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions):
-        if isinstance(item, Track):
-            tracks.append(item)
-        else:
-            new_rejects.append(item)
-    summary.tracks_listed = len(tracks)
-    listed_ids = {t.track_id for t in tracks}
-    for track_id in sorted(set(labels) - listed_ids):
+    index = sp.index_frame(spark, storage, old_files).persist()
+    frames.append(index)
+    known, n_gone, labelled = sp.index_stats(index, listing)
+
+    def load(st: Storage, uri: str, genres: list[str]) -> tuple[Any, list[dict]]:
+        staged = sp.stage_labels(spark, st, uri, genres, plan_tmp)
+        if staged.error:
+            raise JobError(staged.error)
+        return staged.labels, staged.rejects
+
+    labels, label_rejects = read_labels(storage, cfg, labelled, labels_missing_ok, load)
+    labels = (labels if labels is not None else sp.no_labels(spark)).persist()
+    frames.append(labels)
+    new_rejects += label_rejects
+    for track_id in sp.labels_not_listed(labels, listing):
         new_rejects.append(
             {
                 "source_uri": f"{cfg.catalogue.labels_uri}#track_id={track_id}",
@@ -392,38 +433,44 @@ def _ingest(
                 "reason": f"labels.csv names track '{track_id}', which is not in {cfg.catalogue.audio_uri}",
             }
         )
-    log.info(
-        "ingest: listed %d tracks, %d labelled, in %.1fs",
-        len(tracks),
-        len(listed_ids & set(labels)),
-        time.monotonic() - started,
-    )
     # Tracks gone from the listing lose their rows; a listing that lost too many is refused
     # before anything is read or written.
-    gone = {track_id: files for track_id, (_sha, _genre, files) in index.items() if track_id not in listed_ids}
-    check_deletions("ingest", ds_uri, len(gone), len(index), cfg.catalogue.max_delete_share, allow_mass_delete)
-    summary.deleted = len(gone)
-    old_manifest = read_manifest(storage, mf_uri)
-    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-", fkey)
+    check_deletions("ingest", ds_uri, n_gone, known, cfg.catalogue.max_delete_share, allow_mass_delete)
+    summary.deleted = n_gone
+    reject_files = [f for f in commit.table_files(storage, rj_uri) if f.rsplit("/", 1)[-1].startswith("ingest-")]
+    previous = sp.rejects_frame(spark, storage, reject_files).persist()
+    frames.append(previous)
     ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
-
-    plan = plan_ingest(tracks, labels, index, old_manifest, rejected_shas, fkey, ds_key, full)
-    tasks, kept = plan.tasks, plan.kept
-    summary.skipped_unchanged += plan.skipped_unchanged
-    summary.skipped_rejected += plan.skipped_rejected
-    summary.fetched = len(tasks)
+    manifest = sp.manifest_frame(spark, storage, mf_uri)
+    if full:  # every track fetched, nothing skipped on the executors either
+        plan_index, plan_manifest = sp.index_frame(spark, storage, []), spark.createDataFrame([], sp.MANIFEST_DDL)
+        rejected = spark.createDataFrame([], "uri string, rejected_sha string")
+    else:
+        plan_index, plan_manifest, rejected = index, manifest, sp.rejected_shas_frame(previous, fkey)
+    decided = sp.decide(spark, listing, labels, plan_index, plan_manifest, rejected, fkey, ds_key).persist()
+    frames.append(decided)
+    counts = sp.plan_counts(decided)
+    summary.tracks_listed = counts.listed
+    summary.skipped_unchanged += counts.skipped_unchanged
+    summary.skipped_rejected += counts.skipped_rejected
+    summary.fetched = n_tasks = counts.fetch
+    log.info(
+        "ingest: planned %d listed tracks (%d labelled): %d to fetch, in %.1fs",
+        counts.listed,
+        counts.labelled,
+        n_tasks,
+        time.monotonic() - started,
+    )
 
     results: list[IngestPartitionResult] = []
-    if tasks:
-        n_parts = max(
-            math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism)
-        )
+    if n_tasks:
+        n_parts = max(math.ceil(n_tasks / cfg.ingest.tracks_per_partition), min(n_tasks, 2 * sc.defaultParallelism))
         tmp_prefix = f"{ds_uri}/{commit.TMP}/{run_id}"
         audio_conf, ingest_conf = cfg.audio, cfg.ingest
-        rdd = sc.parallelize(tasks, n_parts).mapPartitionsWithIndex(
+        rdd = sp.task_rdd(decided, n_parts).mapPartitionsWithIndex(
             lambda i, it: ingest_partition(i, it, storage, audio_conf, ingest_conf, tmp_prefix)
         )
-        log.info("ingest: %d tracks in %d partitions on %s", len(tasks), n_parts, sc.master)
+        log.info("ingest: %d tracks in %d partitions on %s", n_tasks, n_parts, sc.master)
         from genrecast.spark import with_progress
 
         t_tasks = time.monotonic()
@@ -458,13 +505,7 @@ def _ingest(
     if full:
         remove = old_files
     else:
-        stale: dict[str, set[str]] = {}
-        for track_id in set(written) | rejected_ids:
-            for f in index.get(track_id, (None, None, set()))[2]:
-                stale.setdefault(f, set()).add(track_id)
-        for track_id, files in gone.items():
-            for f in files:
-                stale.setdefault(f, set()).add(track_id)
+        stale = sp.stale_files(spark, index, listing, set(written) | rejected_ids) if old_files else {}
         remove = sorted(stale)
         if stale:
             add += commit.stage_without(sc, storage, ds_uri, run_id, stale)
@@ -483,7 +524,8 @@ def _ingest(
         time.monotonic() - t_commit,
     )
 
-    fresh = [r for r in new_rejects if reject_key(r) not in reject_keys or full]
+    known_keys = set() if full else sp.known_reject_keys(spark, previous, [reject_key(r) for r in new_rejects])
+    fresh = [r for r in new_rejects if reject_key(r) not in known_keys]
     if fresh or (full and reject_files):
         name = f"ingest-{run_id}.parquet"
         tmp = commit.tmp_uri(rj_uri, run_id, name)
@@ -495,14 +537,17 @@ def _ingest(
 
     # The manifest last: a run killed before this leaves it stale, which costs the next run
     # fetches and hashes, never a wrong skip (a skip also needs the dataset or rejects to agree).
-    fresh_rows = []
-    for t in tracks:
-        if t.track_id in outcome:
-            sha, status = outcome[t.track_id]
-            genre = labels[t.track_id].genre if t.track_id in labels else None
-            fresh_rows.append(Entry(t.track_id, t.uri, t.size, t.version, sha, genre, fkey, status))
-    if write_manifest(storage, mf_uri, run_id, kept + fresh_rows, old_manifest, leases[mf_uri]):
-        log.info("ingest: manifest %s: %d track(s), %d updated", mf_uri, len(kept) + len(fresh_rows), len(fresh_rows))
+    # Unchanged (nothing fetched had an outcome, every old row kept): not rewritten.
+    n_kept = counts.skipped_unchanged + counts.skipped_rejected
+    if outcome or n_kept != manifest.count():
+        new_tmp = commit.tmp_uri(mf_uri, run_id, "new")
+        parts, n_rows = sp.write_manifest_parts(spark, storage, decided, outcome, fkey, new_tmp)
+        if not parts:  # every track gone: an empty manifest, as a table of no rows
+            parts = [join(new_tmp, "part-00000.parquet")]
+            storage.write_parquet(parts[0], manifest_table([]))
+        adds = [(p, join(mf_uri, f"part-{run_id}-{i:05d}.parquet")) for i, p in enumerate(parts)]
+        commit.commit(storage, mf_uri, run_id, adds, commit.table_files(storage, mf_uri), leases[mf_uri])
+        log.info("ingest: manifest %s: %d track(s), %d updated", mf_uri, n_rows, len(outcome))
     for r in new_rejects:
         summary.rejected[r["stage"]] += 1
     for r in fresh:
