@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from genrecast import commit, lease
-from genrecast.catalogue import Label, Track, check_deletions, load_labels
+from genrecast.catalogue import Label, Track, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
 from genrecast.dataset import (
     METADATA,
@@ -377,10 +377,13 @@ def _ingest(
     """Plan on Spark (:mod:`genrecast.ingest_plan`), run the tasks, commit. The driver holds
     counts, the partitions' results and rejects (proportional to the change, not the catalogue)
     and the table's file list; the plan's staged files go with the manifest's tmp folder."""
+    from genrecast.ingest_plan import planning_conf
+
     plan_tmp = commit.tmp_uri(summary.manifest_uri, summary.run_id, "plan")
     frames: list[Any] = []
     try:
-        _ingest_planned(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases, frames)
+        with planning_conf(spark):
+            _ingest_planned(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases, frames)
     finally:
         for frame in frames:
             frame.unpersist()
@@ -403,53 +406,11 @@ def _ingest_planned(
     started = time.monotonic()
     ds_uri, rj_uri, mf_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.manifest_uri, summary.run_id
     fkey = summary.features_key
-    plan_tmp = commit.tmp_uri(mf_uri, run_id, "plan")
     sc = spark.sparkContext
-
-    listing, new_rejects = sp.stage_listing(
-        spark, storage, cfg.catalogue.audio_uri, cfg.ingest.extensions, join(plan_tmp, "listing")
-    )
-    frames.append(listing)
-    old_files = commit.table_files(storage, ds_uri)
-    index = sp.index_frame(spark, storage, old_files).persist()
-    frames.append(index)
-    known, n_gone, labelled = sp.index_stats(index, listing)
-
-    def load(st: Storage, uri: str, genres: list[str]) -> tuple[Any, list[dict]]:
-        staged = sp.stage_labels(spark, st, uri, genres, plan_tmp)
-        if staged.error:
-            raise JobError(staged.error)
-        return staged.labels, staged.rejects
-
-    labels, label_rejects = read_labels(storage, cfg, labelled, labels_missing_ok, load)
-    labels = (labels if labels is not None else sp.no_labels(spark)).persist()
-    frames.append(labels)
-    new_rejects += label_rejects
-    for track_id in sp.labels_not_listed(labels, listing):
-        new_rejects.append(
-            {
-                "source_uri": f"{cfg.catalogue.labels_uri}#track_id={track_id}",
-                "stage": "labels",
-                "reason": f"labels.csv names track '{track_id}', which is not in {cfg.catalogue.audio_uri}",
-            }
-        )
-    # Tracks gone from the listing lose their rows; a listing that lost too many is refused
-    # before anything is read or written.
-    check_deletions("ingest", ds_uri, n_gone, known, cfg.catalogue.max_delete_share, allow_mass_delete)
-    summary.deleted = n_gone
-    reject_files = [f for f in commit.table_files(storage, rj_uri) if f.rsplit("/", 1)[-1].startswith("ingest-")]
-    previous = sp.rejects_frame(spark, storage, reject_files).persist()
-    frames.append(previous)
-    ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
-    manifest = sp.manifest_frame(spark, storage, mf_uri)
-    if full:  # every track fetched, nothing skipped on the executors either
-        plan_index, plan_manifest = sp.index_frame(spark, storage, []), spark.createDataFrame([], sp.MANIFEST_DDL)
-        rejected = spark.createDataFrame([], "uri string, rejected_sha string")
-    else:
-        plan_index, plan_manifest, rejected = index, manifest, sp.rejected_shas_frame(previous, fkey)
-    decided = sp.decide(spark, listing, labels, plan_index, plan_manifest, rejected, fkey, ds_key).persist()
-    frames.append(decided)
-    counts = sp.plan_counts(decided)
+    plan = sp.plan_on_spark(spark, storage, cfg, run_id, fkey, full, labels_missing_ok, allow_mass_delete, frames)
+    index, listing, decided, counts, new_rejects = plan.index, plan.listing, plan.decided, plan.counts, plan.rejects
+    old_files, reject_files = plan.old_files, plan.reject_files
+    summary.deleted = plan.gone
     summary.tracks_listed = counts.listed
     summary.skipped_unchanged += counts.skipped_unchanged
     summary.skipped_rejected += counts.skipped_rejected
@@ -524,7 +485,7 @@ def _ingest_planned(
         time.monotonic() - t_commit,
     )
 
-    known_keys = set() if full else sp.known_reject_keys(spark, previous, [reject_key(r) for r in new_rejects])
+    known_keys = set() if full else sp.known_reject_keys(spark, plan.previous, [reject_key(r) for r in new_rejects])
     fresh = [r for r in new_rejects if reject_key(r) not in known_keys]
     if fresh or (full and reject_files):
         name = f"ingest-{run_id}.parquet"
@@ -539,7 +500,7 @@ def _ingest_planned(
     # fetches and hashes, never a wrong skip (a skip also needs the dataset or rejects to agree).
     # Unchanged (nothing fetched had an outcome, every old row kept): not rewritten.
     n_kept = counts.skipped_unchanged + counts.skipped_rejected
-    if outcome or n_kept != manifest.count():
+    if outcome or n_kept != plan.manifest.count():
         new_tmp = commit.tmp_uri(mf_uri, run_id, "new")
         parts, n_rows = sp.write_manifest_parts(spark, storage, decided, outcome, fkey, new_tmp)
         if not parts:  # every track gone: an empty manifest, as a table of no rows

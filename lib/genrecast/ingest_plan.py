@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,15 +29,16 @@ from typing import Any
 import pyarrow as pa
 
 from genrecast import commit
-from genrecast.catalogue import Track, duplicate_reject, listed_files, load_labels
-from genrecast.dataset import _index_file
+from genrecast.catalogue import Track, check_deletions, duplicate_reject, listed_files, load_labels
+from genrecast.config import Config
+from genrecast.dataset import _index_file, manifest_uri, mels_uri, rejects_uri
 from genrecast.errors import JobError
-from genrecast.ingest import FETCH, KEPT_REJECTED, KEPT_UNCHANGED, decide_ingest
+from genrecast.ingest import FEATURES_KEY, FETCH, KEPT_REJECTED, KEPT_UNCHANGED, decide_ingest, read_labels
 from genrecast.manifest import MANIFEST_ARROW_SCHEMA, Entry
 from genrecast.storage import Storage, join
 from genrecast.tasks import TrackTask
 
-LISTING_CHUNK = 100_000  # listing rows the driver buffers before writing a chunk
+LISTING_CHUNK = 50_000  # listing rows the driver buffers before writing a chunk
 MANIFEST_PART_ROWS = 250_000  # rows per manifest part file (~27 MiB)
 
 LISTING_DDL = "track_id string, uri string, size long, version string, seq long"
@@ -79,15 +81,12 @@ def _parquet_rows(storage: Storage, f: str, columns: list[str]) -> Iterator[tupl
 # ---- listing ----------------------------------------------------------------------------
 
 
-def stage_listing(
-    spark: Any, storage: Storage, audio_uri: str, extensions: Iterable[str], tmp: str, chunk: int = LISTING_CHUNK
-) -> tuple[Any, list[dict]]:
-    """Stream the catalogue listing into Parquet chunks under ``tmp``: (a DataFrame of its
-    tracks, one row per track id (the first listed of duplicates), :data:`LISTING_DDL` minus
-    ``seq``; the rejects rows of files that cannot be tracks, duplicates included)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
+def write_listing(
+    storage: Storage, audio_uri: str, extensions: Iterable[str], tmp: str, chunk: int = LISTING_CHUNK
+) -> tuple[list[str], int, list[dict]]:
+    """Stream the catalogue listing into Parquet chunks of ``chunk`` rows under ``tmp`` (the
+    driver holds one chunk): (the chunk files, the files listed as tracks, the rejects rows of
+    files that cannot be tracks)."""
     rejects: list[dict] = []
     parts: list[str] = []
     cols: dict[str, list] = {c: [] for c in ("track_id", "uri", "size", "version", "seq")}
@@ -112,17 +111,47 @@ def stage_listing(
         if len(cols["seq"]) >= chunk:
             flush()
     flush()
+    return parts, seq, rejects
+
+
+def listing_frame(spark: Any, storage: Storage, parts: list[str]) -> tuple[Any, list[dict]]:
+    """The listing's chunks as a DataFrame (persisted) of one row per track id, the first
+    listed of duplicates (``track_id, uri, size, version``), and the rejects rows of the other
+    duplicates (a problem's size)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     names = ["track_id", "uri", "size", "version", "seq"]
     raw = frame_of_files(spark, parts, lambda _n, f: _parquet_rows(storage, f, names), LISTING_DDL)
     w = Window.partitionBy("track_id").orderBy("seq")
     ranked = raw.withColumn("rank", F.row_number().over(w)).withColumn("first_uri", F.first("uri").over(w))
     ranked = ranked.persist()
     dups = ranked.filter("rank > 1").select("uri", "track_id", "first_uri", "seq").orderBy("seq").collect()
-    rejects += [duplicate_reject(r.uri, r.track_id, r.first_uri) for r in dups]
     listing = ranked.filter("rank = 1").select("track_id", "uri", "size", "version").persist()
     listing.count()  # materialise before the window's cache goes
     ranked.unpersist()
-    return listing, rejects
+    return listing, [duplicate_reject(r.uri, r.track_id, r.first_uri) for r in dups]
+
+
+PLAN_PART_ROWS = 100_000  # listed tracks per shuffle partition while planning
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+
+
+def plan_partitions(rows: int, parallelism: int) -> int:
+    """Shuffle partitions for planning ``rows`` listed tracks: ~:data:`PLAN_PART_ROWS` rows
+    each, one per core up to 10k rows each; 1 for a small catalogue (Spark's default of 200
+    costs a Python task each: ~40 s for a 1000-track plan on 2 cores)."""
+    return max(1, min(parallelism, math.ceil(rows / 10_000)), math.ceil(rows / PLAN_PART_ROWS))
+
+
+@contextmanager
+def planning_conf(spark: Any) -> Iterator[None]:
+    """Restore ``spark.sql.shuffle.partitions`` (which :func:`plan_on_spark` sets) on exit."""
+    before = spark.conf.get(SHUFFLE_PARTITIONS)
+    try:
+        yield
+    finally:
+        spark.conf.set(SHUFFLE_PARTITIONS, before)
 
 
 # ---- labels -----------------------------------------------------------------------------
@@ -421,3 +450,93 @@ def write_manifest_parts(
     ordered = rows.repartitionByRange(n_parts, "track_id").sortWithinPartitions("track_id")
     parts = ordered.rdd.mapPartitionsWithIndex(lambda i, it: _write_manifest_part(storage, tmp, i, it)).collect()
     return sorted(parts), n_rows
+
+
+# ---- the whole planning step ------------------------------------------------------------
+
+
+@dataclass
+class SparkPlan:
+    """What :func:`plan_on_spark` leaves for the run: DataFrames (persisted; the caller
+    unpersists the ones it was handed in ``frames``) and driver-sized facts."""
+
+    listing: Any  # track_id, uri, size, version: one row per listed track
+    index: Any  # the mel dataset by track (index_frame)
+    labels: Any  # track_id, genre
+    previous: Any  # ingest's earlier rejects rows (rejects_frame)
+    manifest: Any  # the committed manifest (manifest_frame)
+    decided: Any  # every listed track with its verdict (decide)
+    counts: PlanCounts
+    rejects: list[dict]  # catalogue and labels problems found while planning
+    known: int  # tracks in the mel dataset
+    gone: int  # of them gone from the listing
+    old_files: list[str]  # the mel dataset's files
+    reject_files: list[str]  # ingest's earlier rejects files
+
+
+def plan_on_spark(
+    spark: Any,
+    storage: Storage,
+    cfg: Config,
+    run_id: str,
+    fkey: str,
+    full: bool,
+    labels_missing_ok: bool,
+    allow_mass_delete: bool,
+    frames: list[Any],
+) -> SparkPlan:
+    """Ingest's plan (the semantics of :func:`genrecast.ingest.plan_ingest`), with the deletion
+    guard (:func:`~genrecast.catalogue.check_deletions`) and the labels check of
+    :func:`genrecast.ingest.read_labels`. Staged files go under the manifest's
+    ``_tmp/<run_id>/plan``; persisted DataFrames are appended to ``frames``. Sets
+    ``spark.sql.shuffle.partitions`` (:func:`plan_partitions`): run it in :func:`planning_conf`."""
+    ds_uri, rj_uri, mf_uri = mels_uri(cfg), rejects_uri(cfg, "ingest"), manifest_uri(cfg)
+    tmp = commit.tmp_uri(mf_uri, run_id, "plan")
+
+    def kept(frame: Any) -> Any:
+        frames.append(frame.persist())
+        return frame
+
+    parts, rows, rejects = write_listing(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions, join(tmp, "listing"))
+    spark.conf.set(SHUFFLE_PARTITIONS, str(plan_partitions(rows, spark.sparkContext.defaultParallelism)))
+    listing, duplicates = listing_frame(spark, storage, parts)
+    frames.append(listing)
+    rejects += duplicates
+    old_files = commit.table_files(storage, ds_uri)
+    index = kept(index_frame(spark, storage, old_files))
+    known, gone, labelled = index_stats(index, listing)
+
+    def load(st: Storage, uri: str, genres: list[str]) -> tuple[Any, list[dict]]:
+        staged = stage_labels(spark, st, uri, genres, tmp)
+        if staged.error:
+            raise JobError(staged.error)
+        return staged.labels, staged.rejects
+
+    labels, label_rejects = read_labels(storage, cfg, labelled, labels_missing_ok, load)
+    labels = kept(labels if labels is not None else no_labels(spark))
+    rejects += label_rejects
+    for track_id in labels_not_listed(labels, listing):
+        rejects.append(
+            {
+                "source_uri": f"{cfg.catalogue.labels_uri}#track_id={track_id}",
+                "stage": "labels",
+                "reason": f"labels.csv names track '{track_id}', which is not in {cfg.catalogue.audio_uri}",
+            }
+        )
+    # Tracks gone from the listing lose their rows; a listing that lost too many is refused
+    # before anything is read or written.
+    check_deletions("ingest", ds_uri, gone, known, cfg.catalogue.max_delete_share, allow_mass_delete)
+    reject_files = [f for f in commit.table_files(storage, rj_uri) if f.rsplit("/", 1)[-1].startswith("ingest-")]
+    previous = kept(rejects_frame(spark, storage, reject_files))
+    ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
+    manifest = manifest_frame(spark, storage, mf_uri)
+    if full:  # every track fetched, nothing skipped on the executors either
+        plan_index, plan_manifest = index_frame(spark, storage, []), spark.createDataFrame([], MANIFEST_DDL)
+        rejected = spark.createDataFrame([], "uri string, rejected_sha string")
+    else:
+        plan_index, plan_manifest, rejected = index, manifest, rejected_shas_frame(previous, fkey)
+    decided = kept(decide(spark, listing, labels, plan_index, plan_manifest, rejected, fkey, ds_key))
+    counts = plan_counts(decided)
+    return SparkPlan(
+        listing, index, labels, previous, manifest, decided, counts, rejects, known, gone, old_files, reject_files
+    )
