@@ -1,10 +1,13 @@
 """Ingest job: catalogue audio -> Spark executors -> Petastorm mel dataset (+ rejects).
 
-Flow (driver): take the dataset's and ingest rejects' leases -> recover interrupted commits ->
-index what the dataset already holds -> read labels -> stream the catalogue listing -> one Spark
-task per batch of tracks -> one journalled commit of the data files with their Petastorm
-metadata. Executors do all byte I/O and DSP (:func:`ingest_partition`); the driver
-only handles metadata-sized lists (URIs, hashes, counts).
+Flow (driver): take the dataset's, ingest rejects' and manifest's leases -> recover interrupted
+commits -> plan on Spark (:mod:`genrecast.ingest_plan`: the listing, labels, dataset index,
+manifest and rejects meet as DataFrames; :func:`decide_ingest` per track on the executors) ->
+one Spark task per batch of the tracks to fetch, built on the executors -> one journalled commit
+of the data files with their Petastorm metadata -> the rejects -> the manifest, whose parts the
+executors write. Executors do all byte I/O and DSP (the plan's reads,
+:func:`ingest_partition`); the driver holds counts, file lists, and what the tasks report back
+(tracks written, rejects: proportional to the change, not to the catalogue).
 """
 
 from __future__ import annotations
@@ -237,7 +240,9 @@ def plan_ingest(
     ds_key: str | None,
     full: bool = False,
 ) -> IngestPlan:
-    """Decide, from metadata alone (no Spark, no storage), what an ingest run fetches.
+    """Decide, from metadata alone (no Spark, no storage), what an ingest run fetches: the
+    reference for :mod:`genrecast.ingest_plan`, which applies the same :func:`decide_ingest`
+    per row on Spark (tests/test_ingest_plan.py checks that both agree).
 
     ``index``: the mel dataset by track (:func:`track_index`); ``manifest``: the committed
     manifest; ``rejected_shas``: ``{source_uri: sha256}`` rejected under ``fkey`` (the current
