@@ -10,6 +10,19 @@ Per N (default 10k, 100k, 1M):
                   them) and ``ingest.plan_ingest``: must plan 0 fetches.
   plan +1 %       the same with N/100 new tracks in the listing: must plan exactly those.
   score plan      ``score.plan_score`` on the unchanged catalogue (manifest + scores index).
+Optional (``--spark-plan SIZES``, e.g. 10000,100000): ingest's planning from a simulated
+catalogue written as files (N empty audio files + N/100 new ones, labels.csv, a manifest, a mel
+index of N/1000 parts and an ingest rejects file, all local), each way in a fresh process with a
+``local[2]`` Spark session:
+  lists           the driver-list planning ingest did before (``list_tracks``, ``index_dataset``
+                  collected into ``track_index``, ``load_labels``, ``read_manifest``,
+                  ``previous_rejects``, ``plan_ingest``) and its manifest rewrite
+                  (``write_manifest`` of the kept rows + one fresh row per new track);
+  spark           ``ingest_plan.plan_on_spark`` + the tasks built on the executors (counted,
+                  not collected) + ``write_manifest_parts`` and its commit.
+Both must plan exactly the N/100 new tracks. Reported: the driver Python process's peak RSS
+above its RSS once Spark is up (the JVM is another process), planning and manifest seconds.
+
 "plan s" times the planning function only (the listing and index reads are I/O, not measured
 here). "RSS/track" is (peak RSS - the process's RSS after imports) / N. Ratios compare with the
 smallest N of the same run: time linear in N gives a time ratio equal to the N ratio.
@@ -170,7 +183,133 @@ def child_recommend(n: int, method: str, queries: int) -> dict:
     return {"build_s": build, "query_s": query, "q": len(sample), "base_kib": base_kib, "peak_kib": hwm_kib()}
 
 
+def sim_files(n: int, folder: Path) -> dict:
+    """Write the simulated catalogue of ``--spark-plan`` under ``folder`` (not measured): the
+    ingest state of a run that read tracks 0..n-1, plus n/100 new files in the listing."""
+    import pyarrow as pa
+
+    from genrecast.manifest import MANIFEST_ARROW_SCHEMA
+    from genrecast.schema import rejects_table
+    from genrecast.storage import Storage
+
+    t = time.perf_counter()
+    storage, cfg = Storage(), sim_config(folder)
+    total = n + n // 100
+    for g in GENRES:
+        (folder / "audio" / g).mkdir(parents=True, exist_ok=True)
+    for i in range(total):
+        open(folder / "audio" / f"{sim_track(i)[0]}.mp3", "wb").close()
+    with open(folder / "labels.csv", "w") as fh:
+        fh.write("track_id,genre\n")
+        fh.writelines(f"{tid},{genre}\n" for tid, _u, _s, _v, _h, genre, _st in map(sim_track, range(total)) if genre)
+    listed = {e.uri: e for e in storage.list_entries(cfg.catalogue.audio_uri)}
+    cols: dict[str, list] = {c: [] for c in MANIFEST_ARROW_SCHEMA.names}
+    index: dict[str, list] = {"track_id": [], "audio_sha256": [], "genre": []}
+    rejects = []
+    for i in range(n):
+        tid, _uri, _size, _version, sha, genre, status = sim_track(i)
+        e = listed[str(folder / "audio" / f"{tid}.mp3")]
+        row = (tid, e.uri, e.size, e.version, sha, genre, FKEY, status, 0)
+        for c, v in zip(MANIFEST_ARROW_SCHEMA.names, row, strict=True):
+            cols[c].append(v)
+        if status == "ok":
+            for c, v in (("track_id", tid), ("audio_sha256", sha), ("genre", genre)):
+                index[c].append(v)
+        else:
+            rejects.append({"source_uri": e.uri, "stage": "ingest", "reason": "bench", "audio_sha256": sha,
+                            "features_key": FKEY})  # fmt: skip
+    mf = pa.Table.from_pydict({**cols, "updated_at": pa.array(cols["updated_at"], pa.int64())})
+    storage.write_parquet(str(folder / "root/manifest/part-0.parquet"), mf.cast(MANIFEST_ARROW_SCHEMA))
+    mels = folder / "root/datasets/mels"
+    for j in range(0, len(index["track_id"]), FILE_TRACKS):
+        part = pa.table({c: v[j : j + FILE_TRACKS] for c, v in index.items()})
+        storage.write_parquet(str(mels / f"part-{j // FILE_TRACKS:05d}.parquet"), part)
+    (mels / "_table.json").write_text(json.dumps({"version": 1, "features_key": FKEY}))
+    storage.write_parquet(str(folder / "root/rejects/job=ingest/ingest-0.parquet"), rejects_table(rejects))
+    return {"s": time.perf_counter() - t, "files": total}
+
+
+def sim_config(folder: Path):  # noqa: ANN201 (genrecast.config imported in the child only)
+    from genrecast.config import Config
+
+    cfg = Config()
+    cfg.storage.root = str(folder / "root")
+    cfg.catalogue.audio_uri = str(folder / "audio")
+    cfg.catalogue.labels_uri = str(folder / "labels.csv")
+    cfg.genres = list(GENRES)
+    cfg.spark.conf = {"spark.driver.memory": "2g"}
+    return cfg
+
+
+def _spark_up(cfg):  # noqa: ANN001, ANN202
+    from genrecast.spark import get_spark
+
+    spark = get_spark(cfg)
+    spark.sparkContext.parallelize(range(4), 2).map(lambda x: x).collect()  # Python workers up
+    return spark
+
+
+def child_spark_plan(n: int, folder: Path, way: str) -> dict:
+    """Ingest's planning from the files of :func:`sim_files`: ``lists`` (the driver-list way)
+    or ``spark`` (``genrecast.ingest_plan``). Peak RSS is the driver Python process's."""
+    import genrecast.ingest_plan  # noqa: F401 (imported before the base RSS, as the other way's modules)
+    from genrecast import commit, lease
+    from genrecast.catalogue import Track, list_tracks, load_labels
+    from genrecast.dataset import index_dataset, manifest_uri, mels_uri, previous_rejects, rejects_uri
+    from genrecast.ingest import plan_ingest, track_index
+    from genrecast.manifest import Entry, read_manifest, write_manifest
+    from genrecast.storage import Storage
+
+    cfg, storage, new = sim_config(folder), Storage(), n // 100
+    spark = _spark_up(cfg)
+    base = _status_kib("VmRSS:")
+    run_id = commit.new_run_id()
+    out_uri = str(folder / f"manifest-out-{way}")
+    t = time.perf_counter()
+    if way == "lists":
+        tracks = [t for t in list_tracks(storage, cfg.catalogue.audio_uri, ["mp3"]) if isinstance(t, Track)]
+        index = track_index(index_dataset(spark, cfg, commit.table_files(storage, mels_uri(cfg))))
+        labels, _rejects = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
+        listed_ids = {t.track_id for t in tracks}
+        gone = sum(1 for tid in index if tid not in listed_ids)
+        manifest = read_manifest(storage, manifest_uri(cfg))
+        _files, rejected_shas, _keys = previous_rejects(storage, rejects_uri(cfg, "ingest"), "ingest-", FKEY)
+        ds_key = commit.read_state(storage, mels_uri(cfg)).get("features_key")
+        plan = plan_ingest(tracks, labels, index, manifest, rejected_shas, FKEY, ds_key)
+        plan_s = time.perf_counter() - t
+        fetch, listed = len(plan.tasks), len(tracks)
+        assert all(int(task.track_id.rsplit("/t", 1)[1]) >= n for task in plan.tasks)
+        t = time.perf_counter()
+        fresh = [Entry(task.track_id, task.uri, 0, "v", "sha", task.genre, FKEY, "ok") for task in plan.tasks]
+        with lease.hold(storage, cfg, run_id, "bench", out_uri) as leases:
+            assert write_manifest(storage, out_uri, run_id, plan.kept + fresh, manifest, leases[out_uri])
+        rows = len(plan.kept) + len(fresh)
+    else:
+        from genrecast import ingest_plan as sp
+
+        with sp.planning_conf(spark):
+            plan = sp.plan_on_spark(spark, storage, cfg, run_id, FKEY, False, False, False, [])
+        tasks = sp.task_rdd(plan.decided, max(1, new // 16))
+        fetch = tasks.count()
+        assert tasks.filter(lambda task: int(task.track_id.rsplit("/t", 1)[1]) < n).isEmpty()
+        plan_s = time.perf_counter() - t
+        listed, gone = plan.counts.listed, plan.gone
+        t = time.perf_counter()
+        outcome = dict(tasks.map(lambda task: (task.track_id, ("sha", "ok"))).collect())  # the change only
+        parts, rows = sp.write_manifest_parts(spark, storage, plan.decided, outcome, FKEY, f"{out_uri}/_tmp/{run_id}")
+        with lease.hold(storage, cfg, run_id, "bench", out_uri) as leases:
+            adds = [(p, f"{out_uri}/part-{run_id}-{i:05d}.parquet") for i, p in enumerate(parts)]
+            commit.commit(storage, out_uri, run_id, adds, [], leases[out_uri])
+        storage.delete_prefix(commit.tmp_uri(manifest_uri(cfg), run_id, "plan"))
+    manifest_s = time.perf_counter() - t
+    assert (fetch, listed, gone, rows) == (new, n + new, 0, n + new), (fetch, listed, gone, rows)
+    spark.stop()
+    return {"s": plan_s, "manifest_s": manifest_s, "base_kib": base, "peak_kib": hwm_kib(), "tasks": fetch}
+
+
 CHILDREN = {
+    "sim-files": lambda a: sim_files(int(a[0]), Path(a[1])),
+    "spark-plan": lambda a: child_spark_plan(int(a[0]), Path(a[1]), a[2]),
     "manifest-write": lambda a: child_manifest_write(int(a[0]), Path(a[1])),
     "manifest-read": lambda a: child_manifest_read(int(a[0]), Path(a[1])),
     "plan": lambda a: child_plan(int(a[0]), Path(a[1]), a[2], float(a[3])),
@@ -251,6 +390,42 @@ def recommend_rows() -> None:
     print("hnsw at 1,000,000: not run (its build alone would take several minutes on 2 cores)")
 
 
+def spark_plan_rows(sizes: list[int], out: Path) -> None:
+    results: dict[tuple[str, int], dict] = {}
+    for n in sizes:
+        folder = out / f"files-n{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        r = run("sim-files", n, folder)
+        print(f"  simulated catalogue N={n}: {r['files']} files written in {r['s']:.0f}s", file=sys.stderr, flush=True)
+        for way in ("lists", "spark"):
+            results[way, n] = r = run("spark-plan", n, folder, way)
+            print(f"  ingest planning ({way}) N={n}: {r['s']:.1f}s, peak {mib(r['peak_kib']):.0f} MiB",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        shutil.rmtree(folder)
+    n0 = sizes[0]
+    print("\nIngest planning from files (+1 % new), local[2] Spark; driver Python RSS (ratios vs N="
+          f"{n0:,} in this run; spark/lists: the two ways at the same N)")  # fmt: skip
+    print(f"{'way':6} {'N':>9} {'plan s':>7} {'manifest s':>10} {'peak MiB':>9} {'above base MiB':>14} "
+          f"{'B/track':>8} {'tasks':>6} {'N x':>5} {'time x':>7} {'RSS x':>6} {'spark/lists s':>13} "
+          f"{'spark/lists RSS':>15}")  # fmt: skip
+    for way in ("lists", "spark"):
+        r0 = results[way, n0]
+        above0 = r0["peak_kib"] - r0["base_kib"]
+        for n in sizes:
+            r, lists = results[way, n], results["lists", n]
+            above = r["peak_kib"] - r["base_kib"]
+            vs = (
+                f"{(r['s'] + r['manifest_s']) / (lists['s'] + lists['manifest_s']):13.2f} "
+                f"{above / max(1, lists['peak_kib'] - lists['base_kib']):15.2f}"
+            )
+            print(
+                f"{way:6} {n:>9,} {r['s']:7.1f} {r['manifest_s']:10.1f} {mib(r['peak_kib']):9.0f} {mib(above):14.0f} "
+                f"{above * 1024 / n:8.0f} {r['tasks']:>6} {n / n0:5.0f} {r['s'] / r0['s']:7.1f} "
+                f"{above / max(1, above0):6.1f} {vs}"
+            )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(CHILDREN[sys.argv[2]](sys.argv[3:])))
@@ -258,6 +433,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes, comma-separated")
     ap.add_argument("--recommend", action="store_true", help="also measure exact / HNSW top-k memory")
+    ap.add_argument("--spark-plan", default="", metavar="SIZES",
+                    help="also time ingest's planning from simulated files, driver lists vs Spark (comma-separated)")
+    ap.add_argument("--only-spark-plan", action="store_true", help="skip the in-memory catalogue steps")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = ap.parse_args()
     try:
@@ -266,8 +444,17 @@ def main() -> None:
         ap.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
     if not sizes or sizes[0] < 100:
         ap.error("--sizes: each size must be >= 100 (1 % of it is the new tracks)")
+    try:
+        plan_sizes = sorted(int(s) for s in args.spark_plan.split(",")) if args.spark_plan else []
+    except ValueError:
+        ap.error(f"--spark-plan: not a comma-separated list of integers: {args.spark_plan!r}")
+    if any(n < 100 for n in plan_sizes):
+        ap.error("--spark-plan: each size must be >= 100 (1 % of it is the new tracks)")
     started = time.monotonic()
-    catalogue_rows(sizes, args.out / "scale")
+    if not args.only_spark_plan:
+        catalogue_rows(sizes, args.out / "scale")
+    if plan_sizes:
+        spark_plan_rows(plan_sizes, args.out / "scale")
     if args.recommend:
         recommend_rows()
     print(f"\ntotal {time.monotonic() - started:.0f}s")

@@ -49,9 +49,27 @@ def track_id_for(uri: str, audio_uri: str) -> str:
 
 def list_tracks(storage: Storage, audio_uri: str, extensions: Iterable[str]) -> Iterator[Track | dict]:
     """Yield a :class:`Track` per usable audio file, or a rejects row (dict) for a file that
-    cannot be a track: unsupported extension, invalid id, or a second file with the same id."""
-    allowed = {e.lower().lstrip(".") for e in extensions}
+    cannot be a track: unsupported extension, invalid id, or a second file with the same id.
+    Holds every track id seen (duplicate check): ingest's Spark planning streams
+    :func:`listed_files` instead and finds duplicates on Spark."""
     seen: dict[str, str] = {}
+    for item in listed_files(storage, audio_uri, extensions):
+        if isinstance(item, Track):
+            if item.track_id in seen:
+                yield duplicate_reject(item.uri, item.track_id, seen[item.track_id])
+                continue
+            seen[item.track_id] = item.uri
+        yield item
+
+
+def duplicate_reject(uri: str, track_id: str, first_uri: str) -> dict:
+    """The rejects row of a second file (``uri``) with the id of ``first_uri``."""
+    return {"source_uri": uri, "stage": "catalogue", "reason": f"duplicate track_id '{track_id}' (also {first_uri})"}
+
+
+def listed_files(storage: Storage, audio_uri: str, extensions: Iterable[str]) -> Iterator[Track | dict]:
+    """As :func:`list_tracks` without the duplicate check (streams: holds one entry at a time)."""
+    allowed = {e.lower().lstrip(".") for e in extensions}
     for entry in storage.list_entries(audio_uri):
         uri = entry.uri
         ext = extension_of(uri)
@@ -67,14 +85,6 @@ def list_tracks(storage: Storage, audio_uri: str, extensions: Iterable[str]) -> 
         except InvalidIdentifier as exc:
             yield {"source_uri": uri, "stage": "catalogue", "reason": str(exc)}
             continue
-        if track_id in seen:
-            yield {
-                "source_uri": uri,
-                "stage": "catalogue",
-                "reason": f"duplicate track_id '{track_id}' (also {seen[track_id]})",
-            }
-            continue
-        seen[track_id] = uri
         yield Track(track_id, uri, entry.size, entry.version)
 
 

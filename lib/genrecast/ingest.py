@@ -1,10 +1,13 @@
 """Ingest job: catalogue audio -> Spark executors -> Petastorm mel dataset (+ rejects).
 
-Flow (driver): take the dataset's and ingest rejects' leases -> recover interrupted commits ->
-index what the dataset already holds -> read labels -> stream the catalogue listing -> one Spark
-task per batch of tracks -> one journalled commit of the data files with their Petastorm
-metadata. Executors do all byte I/O and DSP (:func:`ingest_partition`); the driver
-only handles metadata-sized lists (URIs, hashes, counts).
+Flow (driver): take the dataset's, ingest rejects' and manifest's leases -> recover interrupted
+commits -> plan on Spark (:mod:`genrecast.ingest_plan`: the listing, labels, dataset index,
+manifest and rejects meet as DataFrames; :func:`decide_ingest` per track on the executors) ->
+one Spark task per batch of the tracks to fetch, built on the executors -> one journalled commit
+of the data files with their Petastorm metadata -> the rejects -> the manifest, whose parts the
+executors write. Executors do all byte I/O and DSP (the plan's reads,
+:func:`ingest_partition`); the driver holds counts, file lists, and what the tasks report back
+(tracks written, rejects: proportional to the change, not to the catalogue).
 """
 
 from __future__ import annotations
@@ -15,34 +18,33 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from genrecast import commit, lease
-from genrecast.catalogue import Label, Track, check_deletions, list_tracks, load_labels
+from genrecast.catalogue import Label, Track, load_labels
 from genrecast.config import AudioConf, Config, IngestConf
 from genrecast.dataset import (
     METADATA,
     METADATA_SHA_KEY,
-    index_dataset,
     manifest_uri,
     mel_rows_per_group,
     mels_uri,
     metadata_row_groups,
     petastorm_metadata,
-    previous_rejects,
     reject_key,
     rejects_uri,
 )
 from genrecast.errors import ConfigError, JobError
 from genrecast.features import features_key, log_mel_clips, usable_samples, warm_up
-from genrecast.manifest import Entry, read_manifest, write_manifest
+from genrecast.manifest import Entry, manifest_table
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join
 from genrecast.tasks import PartitionResult, Plan, TrackTask, changed_inputs, spread
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # In the dataset's _table.json: the features_key of the rows its last commit added (for rows whose
 # manifest row is missing because a run was killed between the two commits).
 FEATURES_KEY = "features_key"
@@ -177,17 +179,25 @@ def stage_metadata(
 
 
 def read_labels(
-    storage: Storage, cfg: Config, labelled_tracks: int, labels_missing_ok: bool
-) -> tuple[dict[str, Label], list[dict]]:
-    """labels.csv, refusing (exit 2) to go on without it while ``labelled_tracks`` in the
-    dataset have a genre that an unlabelled run would erase (a typo in the URI, a lost file)."""
+    storage: Storage,
+    cfg: Config,
+    labelled_tracks: int,
+    labels_missing_ok: bool,
+    load: Callable[[Storage, str, list[str]], tuple[T, list[dict]]] = load_labels,
+) -> tuple[T | None, list[dict]]:
+    """labels.csv through ``load`` (:func:`~genrecast.catalogue.load_labels`, or ingest's
+    executor-side parse), refusing (exit 2) to go on without it while ``labelled_tracks`` in the
+    dataset have a genre that an unlabelled run would erase (a typo in the URI, a lost file).
+    ``(None, [])`` when the run goes on unlabelled."""
     uri = cfg.catalogue.labels_uri
     problem = None
     try:
         if uri and not storage.exists(uri):
             problem = "is missing"
+        elif uri:
+            return load(storage, uri, cfg.genres)
         else:
-            return load_labels(storage, uri, cfg.genres)
+            return None, []
     except JobError as exc:
         problem = f"is unreadable ({exc})"
     if labelled_tracks and not labels_missing_ok:
@@ -196,7 +206,7 @@ def read_labels(
             "erase their genres (fix catalogue.labels_uri, or pass --labels-missing-ok)"
         )
     log.warning("ingest: labels file %s %s: ingesting without labels", uri, problem)
-    return {}, []
+    return None, []
 
 
 # track_id -> (audio_sha256, genre, files holding its rows), from the dataset's index rows
@@ -230,7 +240,9 @@ def plan_ingest(
     ds_key: str | None,
     full: bool = False,
 ) -> IngestPlan:
-    """Decide, from metadata alone (no Spark, no storage), what an ingest run fetches.
+    """Decide, from metadata alone (no Spark, no storage), what an ingest run fetches: the
+    reference for :mod:`genrecast.ingest_plan`, which applies the same :func:`decide_ingest`
+    per row on Spark (tests/test_ingest_plan.py checks that both agree).
 
     ``index``: the mel dataset by track (:func:`track_index`); ``manifest``: the committed
     manifest; ``rejected_shas``: ``{source_uri: sha256}`` rejected under ``fkey`` (the current
@@ -249,25 +261,49 @@ def plan_ingest(
         genre = labels[t.track_id].genre if t.track_id in labels else None
         have = index.get(t.track_id)
         m = manifest.get(t.track_id)
-        current = m is not None and m.features_key == fkey
-        if m is not None:
-            held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
-        else:  # rows a run killed before its manifest commit wrote: under the last commit's key
-            held_ok = have is not None and ds_key == fkey
-        if current and m.same_listing(t) and m.genre == genre:
-            if held_ok and have[1] == genre:
-                plan.skipped_unchanged += 1
-                plan.kept.append(m)
-                continue
-            if m.status == "rejected" and rejected_shas.get(t.uri) == m.sha256:
-                plan.skipped_rejected += 1
-                plan.kept.append(m)
-                continue
-        # Rows made under other feature settings (or of unknown ones) are never kept as they are.
-        skip_sha = have[0] if held_ok and have[1] == genre else None
-        plan.tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, rejected_shas.get(t.uri)))
+        kind, skip_sha = decide_ingest(t, genre, have[:2] if have else None, m, rejected_shas.get(t.uri), fkey, ds_key)
+        if kind == FETCH:
+            plan.tasks.append(TrackTask(t.track_id, t.uri, genre, skip_sha, rejected_shas.get(t.uri)))
+        elif kind == KEPT_UNCHANGED:
+            plan.skipped_unchanged += 1
+            plan.kept.append(m)
+        else:
+            plan.skipped_rejected += 1
+            plan.kept.append(m)
     plan.tasks = spread(plan.tasks)
     return plan
+
+
+# decide_ingest's verdicts
+FETCH, KEPT_UNCHANGED, KEPT_REJECTED = "fetch", "unchanged", "rejected"
+
+
+def decide_ingest(
+    t: Track,
+    genre: str | None,
+    have: tuple[str, str | None] | None,
+    m: Entry | None,
+    rejected_sha: str | None,
+    fkey: str,
+    ds_key: str | None,
+) -> tuple[str, str | None]:
+    """One track's plan (see :func:`plan_ingest`; the Spark planning in
+    :mod:`genrecast.ingest_plan` applies this per row): ``(FETCH, skip_sha)``,
+    ``(KEPT_UNCHANGED, None)`` or ``(KEPT_REJECTED, None)``. ``have``: (sha256, genre) of the
+    track in the mel dataset; ``m``: its manifest row; ``rejected_sha``: its source's reject
+    under ``fkey``."""
+    current = m is not None and m.features_key == fkey
+    if m is not None:
+        held_ok = current and m.status == "ok" and have is not None and have[0] == m.sha256
+    else:  # rows a run killed before its manifest commit wrote: under the last commit's key
+        held_ok = have is not None and ds_key == fkey
+    if current and m.same_listing(t) and m.genre == genre:
+        if held_ok and have[1] == genre:
+            return KEPT_UNCHANGED, None
+        if m.status == "rejected" and rejected_sha == m.sha256:
+            return KEPT_REJECTED, None
+    # Rows made under other feature settings (or of unknown ones) are never kept as they are.
+    return FETCH, (have[0] if held_ok and have[1] == genre else None)
 
 
 @dataclass
@@ -343,63 +379,64 @@ def _ingest(
     allow_mass_delete: bool,
     leases: dict[str, lease.TableLease],
 ) -> None:
+    """Plan on Spark (:mod:`genrecast.ingest_plan`), run the tasks, commit. The driver holds
+    counts, the partitions' results and rejects (proportional to the change, not the catalogue)
+    and the table's file list; the plan's staged files go with the manifest's tmp folder."""
+    from genrecast.ingest_plan import planning_conf
+
+    plan_tmp = commit.tmp_uri(summary.manifest_uri, summary.run_id, "plan")
+    frames: list[Any] = []
+    try:
+        with planning_conf(spark):
+            _ingest_planned(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases, frames)
+    finally:
+        for frame in frames:
+            frame.unpersist()
+        storage.delete_prefix(plan_tmp)
+
+
+def _ingest_planned(
+    cfg: Config,
+    spark: Any,
+    storage: Storage,
+    summary: IngestSummary,
+    full: bool,
+    labels_missing_ok: bool,
+    allow_mass_delete: bool,
+    leases: dict[str, lease.TableLease],
+    frames: list[Any],
+) -> None:
+    from genrecast import ingest_plan as sp
+
     started = time.monotonic()
     ds_uri, rj_uri, mf_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.manifest_uri, summary.run_id
     fkey = summary.features_key
     sc = spark.sparkContext
-
-    old_files = commit.table_files(storage, ds_uri)
-    index = track_index(index_dataset(spark, cfg, old_files) if old_files else [])
-    labelled = sum(1 for _sha, genre, _files in index.values() if genre is not None)
-    labels, new_rejects = read_labels(storage, cfg, labelled, labels_missing_ok)
-    tracks: list[Track] = []
-    for item in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions):
-        if isinstance(item, Track):
-            tracks.append(item)
-        else:
-            new_rejects.append(item)
-    summary.tracks_listed = len(tracks)
-    listed_ids = {t.track_id for t in tracks}
-    for track_id in sorted(set(labels) - listed_ids):
-        new_rejects.append(
-            {
-                "source_uri": f"{cfg.catalogue.labels_uri}#track_id={track_id}",
-                "stage": "labels",
-                "reason": f"labels.csv names track '{track_id}', which is not in {cfg.catalogue.audio_uri}",
-            }
-        )
+    plan = sp.plan_on_spark(spark, storage, cfg, run_id, fkey, full, labels_missing_ok, allow_mass_delete, frames)
+    index, listing, decided, counts, new_rejects = plan.index, plan.listing, plan.decided, plan.counts, plan.rejects
+    old_files, reject_files = plan.old_files, plan.reject_files
+    summary.deleted = plan.gone
+    summary.tracks_listed = counts.listed
+    summary.skipped_unchanged += counts.skipped_unchanged
+    summary.skipped_rejected += counts.skipped_rejected
+    summary.fetched = n_tasks = counts.fetch
     log.info(
-        "ingest: listed %d tracks, %d labelled, in %.1fs",
-        len(tracks),
-        len(listed_ids & set(labels)),
+        "ingest: planned %d listed tracks (%d labelled): %d to fetch, in %.1fs",
+        counts.listed,
+        counts.labelled,
+        n_tasks,
         time.monotonic() - started,
     )
-    # Tracks gone from the listing lose their rows; a listing that lost too many is refused
-    # before anything is read or written.
-    gone = {track_id: files for track_id, (_sha, _genre, files) in index.items() if track_id not in listed_ids}
-    check_deletions("ingest", ds_uri, len(gone), len(index), cfg.catalogue.max_delete_share, allow_mass_delete)
-    summary.deleted = len(gone)
-    old_manifest = read_manifest(storage, mf_uri)
-    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, "ingest-", fkey)
-    ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
-
-    plan = plan_ingest(tracks, labels, index, old_manifest, rejected_shas, fkey, ds_key, full)
-    tasks, kept = plan.tasks, plan.kept
-    summary.skipped_unchanged += plan.skipped_unchanged
-    summary.skipped_rejected += plan.skipped_rejected
-    summary.fetched = len(tasks)
 
     results: list[IngestPartitionResult] = []
-    if tasks:
-        n_parts = max(
-            math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism)
-        )
+    if n_tasks:
+        n_parts = max(math.ceil(n_tasks / cfg.ingest.tracks_per_partition), min(n_tasks, 2 * sc.defaultParallelism))
         tmp_prefix = f"{ds_uri}/{commit.TMP}/{run_id}"
         audio_conf, ingest_conf = cfg.audio, cfg.ingest
-        rdd = sc.parallelize(tasks, n_parts).mapPartitionsWithIndex(
+        rdd = sp.task_rdd(decided, n_parts).mapPartitionsWithIndex(
             lambda i, it: ingest_partition(i, it, storage, audio_conf, ingest_conf, tmp_prefix)
         )
-        log.info("ingest: %d tracks in %d partitions on %s", len(tasks), n_parts, sc.master)
+        log.info("ingest: %d tracks in %d partitions on %s", n_tasks, n_parts, sc.master)
         from genrecast.spark import with_progress
 
         t_tasks = time.monotonic()
@@ -434,13 +471,7 @@ def _ingest(
     if full:
         remove = old_files
     else:
-        stale: dict[str, set[str]] = {}
-        for track_id in set(written) | rejected_ids:
-            for f in index.get(track_id, (None, None, set()))[2]:
-                stale.setdefault(f, set()).add(track_id)
-        for track_id, files in gone.items():
-            for f in files:
-                stale.setdefault(f, set()).add(track_id)
+        stale = sp.stale_files(spark, index, listing, set(written) | rejected_ids) if old_files else {}
         remove = sorted(stale)
         if stale:
             add += commit.stage_without(sc, storage, ds_uri, run_id, stale)
@@ -459,7 +490,8 @@ def _ingest(
         time.monotonic() - t_commit,
     )
 
-    fresh = [r for r in new_rejects if reject_key(r) not in reject_keys or full]
+    known_keys = set() if full else sp.known_reject_keys(spark, plan.previous, [reject_key(r) for r in new_rejects])
+    fresh = [r for r in new_rejects if reject_key(r) not in known_keys]
     if fresh or (full and reject_files):
         name = f"ingest-{run_id}.parquet"
         tmp = commit.tmp_uri(rj_uri, run_id, name)
@@ -471,14 +503,17 @@ def _ingest(
 
     # The manifest last: a run killed before this leaves it stale, which costs the next run
     # fetches and hashes, never a wrong skip (a skip also needs the dataset or rejects to agree).
-    fresh_rows = []
-    for t in tracks:
-        if t.track_id in outcome:
-            sha, status = outcome[t.track_id]
-            genre = labels[t.track_id].genre if t.track_id in labels else None
-            fresh_rows.append(Entry(t.track_id, t.uri, t.size, t.version, sha, genre, fkey, status))
-    if write_manifest(storage, mf_uri, run_id, kept + fresh_rows, old_manifest, leases[mf_uri]):
-        log.info("ingest: manifest %s: %d track(s), %d updated", mf_uri, len(kept) + len(fresh_rows), len(fresh_rows))
+    # Unchanged (nothing fetched had an outcome, every old row kept): not rewritten.
+    n_kept = counts.skipped_unchanged + counts.skipped_rejected
+    if outcome or n_kept != plan.manifest.count():
+        new_tmp = commit.tmp_uri(mf_uri, run_id, "new")
+        parts, n_rows = sp.write_manifest_parts(spark, storage, decided, outcome, fkey, new_tmp)
+        if not parts:  # every track gone: an empty manifest, as a table of no rows
+            parts = [join(new_tmp, "part-00000.parquet")]
+            storage.write_parquet(parts[0], manifest_table([]))
+        adds = [(p, join(mf_uri, f"part-{run_id}-{i:05d}.parquet")) for i, p in enumerate(parts)]
+        commit.commit(storage, mf_uri, run_id, adds, commit.table_files(storage, mf_uri), leases[mf_uri])
+        log.info("ingest: manifest %s: %d track(s), %d updated", mf_uri, n_rows, len(outcome))
     for r in new_rejects:
         summary.rejected[r["stage"]] += 1
     for r in fresh:

@@ -5,8 +5,9 @@ dataset; ``rejected``: a row in ingest's rejects).
 
 It lets a nightly run tell, from the listing alone, that a track is unchanged: an equal listing
 entry is taken to mean equal bytes (S3 gives a new ETag, a local write a new mtime), so the
-file is not fetched at all. Ingest owns it (its lease, journalled commits, one file rewritten
-whole when anything changed); score only reads a snapshot.
+file is not fetched at all. Ingest owns it (its lease, journalled commits; rewritten when
+anything changed, as part files sorted by track id that its executors write:
+:func:`genrecast.ingest_plan.write_manifest_parts`); score only reads a snapshot (every part).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def write_manifest(
     storage: Storage, uri: str, run_id: str, entries: list[Entry], old: dict[str, Entry], lease: TableLease
 ) -> bool:
     """Replace the manifest with ``entries`` (one file, journalled) unless they equal ``old``
-    (then nothing is written). True if a new version was committed."""
+    (then nothing is written). True if a new version was committed. The driver-side writer
+    (one object per track in memory); ingest writes parts on executors instead."""
     if {e.track_id: e for e in entries} == old:
         return False
     name = f"part-{run_id}.parquet"

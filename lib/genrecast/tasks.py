@@ -49,7 +49,9 @@ def spread(tasks: Iterable[TrackTask]) -> list[TrackTask]:
 
 @dataclass
 class PartitionResult:
-    """What one executor task reports back."""
+    """What one executor task reports back to the driver: ids and hashes of the tracks it
+    fetched (written, unchanged, rejected), never audio - proportional to the change a run
+    makes, not to the catalogue (tracks skipped from the listing never reach a task)."""
 
     partition: int
     tmp_file: str | None = None
