@@ -399,20 +399,11 @@ class Storage:
         uri = normalize_uri(uri)
         if not is_s3(uri):
             return os.path.isfile(uri)
-        from botocore.exceptions import ClientError
-
-        parsed = urlparse(uri)
-
-        def head() -> bool:
-            try:
-                self.s3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-                return True
-            except ClientError as exc:
-                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                    return False
-                raise
-
-        return self._retry(head, f"exists {uri}")
+        try:
+            self.size(uri)  # one HEAD, retried like every S3 call
+        except FileNotFoundError:
+            return False
+        return True
 
     def read_bytes(self, uri: str) -> bytes:
         uri = normalize_uri(uri)
