@@ -46,39 +46,45 @@ class SearchFiles:
 
         return SparkFiles.get(name)
 
-    def _open(self, name: str, opener: Any) -> Any:
-        if name not in _OPEN:
+    def _open(self, key: str, make: Any) -> Any:
+        """``make()``'s result, once per Python worker and ``key``."""
+        if key not in _OPEN:
             for old in [k for k in _OPEN if not k.startswith(f"{self.tag}-")]:
                 del _OPEN[old]  # another run's files: let their maps go
-            _OPEN[name] = opener(self._path(name))
-        return _OPEN[name]
+            _OPEN[key] = make()
+        return _OPEN[key]
+
+    def _array(self, part: str) -> np.ndarray:
+        name = f"{self.tag}-{part}.npy"
+        return self._open(name, lambda: np.load(self._path(name), mmap_mode="r"))
 
     def vectors(self) -> np.ndarray:
         """(n, d) float32 unit rows, read-only map."""
-        return self._open(f"{self.tag}-vectors.npy", lambda p: np.load(p, mmap_mode="r"))
+        return self._array("vectors")
 
     def sha_keys(self) -> np.ndarray:
         """(n,) int64 audio group keys, read-only map."""
-        return self._open(f"{self.tag}-sha_keys.npy", lambda p: np.load(p, mmap_mode="r"))
+        return self._array("sha_keys")
 
     def track_ids(self) -> pa.StringArray:
         """(n,) track ids, sorted, zero-copy over the mapped Arrow file."""
 
-        def opener(path: str) -> pa.Array:
-            with pa.ipc.open_file(pa.memory_map(path)) as reader:
+        name = f"{self.tag}-track_ids.arrow"
+
+        def make() -> pa.Array:
+            with pa.ipc.open_file(pa.memory_map(self._path(name))) as reader:
                 return reader.read_all().column(0).combine_chunks()
 
-        return self._open(f"{self.tag}-track_ids.arrow", opener)
+        return self._open(name, make)
 
     def index(self) -> AnnIndex | None:
         """The ANN index, or None for exact search."""
         if self.method == "exact":
             return None
-        key = f"{self.tag}-index"
-        if key not in _OPEN:
-            paths = {part: self._path(name) for part, name in self.index_parts.items()}
-            self._open(key, lambda _path: load_index(self.method, paths, self.index_params))
-        return _OPEN[key]
+        return self._open(
+            f"{self.tag}-index",
+            lambda: load_index(self.method, {p: self._path(n) for p, n in self.index_parts.items()}, self.index_params),
+        )
 
 
 @contextmanager
