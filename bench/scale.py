@@ -286,10 +286,11 @@ def child_spark_plan(n: int, folder: Path, way: str) -> dict:
         rows = len(plan.kept) + len(fresh)
     else:
         from genrecast import ingest_plan as sp
+        from genrecast import plan_frames as pf
 
-        with sp.planning_conf(spark):
+        with pf.planning_conf(spark):
             plan = sp.plan_on_spark(spark, storage, cfg, run_id, FKEY, False, False, False, [])
-        tasks = sp.task_rdd(plan.decided, max(1, new // 16))
+        tasks = pf.task_rdd(plan.decided, max(1, new // 16))
         fetch = tasks.count()
         assert tasks.filter(lambda task: int(task.track_id.rsplit("/t", 1)[1]) < n).isEmpty()
         plan_s = time.perf_counter() - t

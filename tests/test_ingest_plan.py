@@ -14,8 +14,9 @@ from genrecast.catalogue import Track, list_tracks, load_labels
 from genrecast.dataset import _index_file, manifest_uri, mels_uri, previous_rejects, rejects_uri
 from genrecast.errors import ConfigError
 from genrecast.ingest import plan_ingest, track_index
-from genrecast.ingest_plan import plan_on_spark, planning_conf, task_rdd, write_manifest_parts
+from genrecast.ingest_plan import plan_on_spark, write_manifest_parts
 from genrecast.manifest import Entry, manifest_table, read_manifest
+from genrecast.plan_frames import planning_conf, task_rdd
 from genrecast.schema import rejects_table
 from genrecast.storage import Storage
 

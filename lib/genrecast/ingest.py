@@ -41,7 +41,16 @@ from genrecast.features import features_key, log_mel_clips, usable_samples, warm
 from genrecast.manifest import Entry, manifest_table
 from genrecast.schema import mel_rows_table, mel_schema, rejects_table
 from genrecast.storage import Storage, join
-from genrecast.tasks import PartitionResult, Plan, TrackTask, changed_inputs, spread
+from genrecast.tasks import (
+    FETCH,
+    KEPT_REJECTED,
+    KEPT_UNCHANGED,
+    PartitionResult,
+    Plan,
+    TrackTask,
+    changed_inputs,
+    spread,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -274,10 +283,6 @@ def plan_ingest(
     return plan
 
 
-# decide_ingest's verdicts
-FETCH, KEPT_UNCHANGED, KEPT_REJECTED = "fetch", "unchanged", "rejected"
-
-
 def decide_ingest(
     t: Track,
     genre: str | None,
@@ -382,7 +387,7 @@ def _ingest(
     """Plan on Spark (:mod:`genrecast.ingest_plan`), run the tasks, commit. The driver holds
     counts, the partitions' results and rejects (proportional to the change, not the catalogue)
     and the table's file list; the plan's staged files go with the manifest's tmp folder."""
-    from genrecast.ingest_plan import planning_conf
+    from genrecast.plan_frames import planning_conf
 
     plan_tmp = commit.tmp_uri(summary.manifest_uri, summary.run_id, "plan")
     frames: list[Any] = []
@@ -407,6 +412,7 @@ def _ingest_planned(
     frames: list[Any],
 ) -> None:
     from genrecast import ingest_plan as sp
+    from genrecast import plan_frames as pf
 
     started = time.monotonic()
     ds_uri, rj_uri, mf_uri, run_id = summary.dataset_uri, summary.rejects_uri, summary.manifest_uri, summary.run_id
@@ -433,7 +439,7 @@ def _ingest_planned(
         n_parts = max(math.ceil(n_tasks / cfg.ingest.tracks_per_partition), min(n_tasks, 2 * sc.defaultParallelism))
         tmp_prefix = f"{ds_uri}/{commit.TMP}/{run_id}"
         audio_conf, ingest_conf = cfg.audio, cfg.ingest
-        rdd = sp.task_rdd(decided, n_parts).mapPartitionsWithIndex(
+        rdd = pf.task_rdd(decided, n_parts).mapPartitionsWithIndex(
             lambda i, it: ingest_partition(i, it, storage, audio_conf, ingest_conf, tmp_prefix)
         )
         log.info("ingest: %d tracks in %d partitions on %s", n_tasks, n_parts, sc.master)
@@ -471,7 +477,7 @@ def _ingest_planned(
     if full:
         remove = old_files
     else:
-        stale = sp.stale_files(spark, index, listing, set(written) | rejected_ids) if old_files else {}
+        stale = pf.stale_files(spark, index, listing, set(written) | rejected_ids) if old_files else {}
         remove = sorted(stale)
         if stale:
             add += commit.stage_without(sc, storage, ds_uri, run_id, stale)
@@ -490,7 +496,7 @@ def _ingest_planned(
         time.monotonic() - t_commit,
     )
 
-    known_keys = set() if full else sp.known_reject_keys(spark, plan.previous, [reject_key(r) for r in new_rejects])
+    known_keys = set() if full else pf.known_reject_keys(spark, plan.previous, [reject_key(r) for r in new_rejects])
     fresh = [r for r in new_rejects if reject_key(r) not in known_keys]
     if fresh or (full and reject_files):
         name = f"ingest-{run_id}.parquet"

@@ -16,6 +16,9 @@ from genrecast.storage import Storage
 
 log = logging.getLogger(__name__)
 
+# A planned track's verdict (genrecast.ingest.decide_ingest, genrecast.score.decide_score).
+FETCH, KEPT_UNCHANGED, KEPT_REJECTED = "fetch", "unchanged", "rejected"
+
 
 @dataclass(frozen=True)
 class TrackTask:
