@@ -366,10 +366,16 @@ def run_ingest(
         manifest_uri=mf_uri,
         features_key=features_key(cfg.audio, cfg.ingest),
     )
-    with lease.hold(storage, cfg, run_id, "ingest", ds_uri, rj_uri, mf_uri) as leases:
+    from genrecast.plan_frames import planning
+
+    plan_tmp = commit.tmp_uri(mf_uri, run_id, "plan")
+    with (
+        lease.hold(storage, cfg, run_id, "ingest", ds_uri, rj_uri, mf_uri) as leases,
+        planning(spark, storage, plan_tmp) as frames,
+    ):
         for uri in (ds_uri, rj_uri, mf_uri):
             commit.recover(storage, uri, leases[uri])
-        _ingest(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases)
+        _ingest(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases, frames)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -383,34 +389,11 @@ def _ingest(
     labels_missing_ok: bool,
     allow_mass_delete: bool,
     leases: dict[str, lease.TableLease],
+    frames: list[Any],
 ) -> None:
     """Plan on Spark (:mod:`genrecast.ingest_plan`), run the tasks, commit. The driver holds
     counts, the partitions' results and rejects (proportional to the change, not the catalogue)
     and the table's file list; the plan's staged files go with the manifest's tmp folder."""
-    from genrecast.plan_frames import planning_conf
-
-    plan_tmp = commit.tmp_uri(summary.manifest_uri, summary.run_id, "plan")
-    frames: list[Any] = []
-    try:
-        with planning_conf(spark):
-            _ingest_planned(cfg, spark, storage, summary, full, labels_missing_ok, allow_mass_delete, leases, frames)
-    finally:
-        for frame in frames:
-            frame.unpersist()
-        storage.delete_prefix(plan_tmp)
-
-
-def _ingest_planned(
-    cfg: Config,
-    spark: Any,
-    storage: Storage,
-    summary: IngestSummary,
-    full: bool,
-    labels_missing_ok: bool,
-    allow_mass_delete: bool,
-    leases: dict[str, lease.TableLease],
-    frames: list[Any],
-) -> None:
     from genrecast import ingest_plan as sp
     from genrecast import plan_frames as pf
 

@@ -31,19 +31,22 @@ from genrecast.config import Config
 from genrecast.dataset import _index_file, manifest_uri, mels_uri, rejects_uri
 from genrecast.errors import JobError
 from genrecast.ingest import FEATURES_KEY, decide_ingest, read_labels
-from genrecast.manifest import MANIFEST_ARROW_SCHEMA, Entry
+from genrecast.manifest import MANIFEST_ARROW_SCHEMA
 from genrecast.plan_frames import (
+    M_COLUMNS,
     MANIFEST_DDL,
     SHUFFLE_PARTITIONS,
     PlanCounts,
     _parquet_rows,
     frame_of_files,
     listing_frame,
+    manifest_entry,
     manifest_frame,
     plan_counts,
     plan_partitions,
     rejected_shas_frame,
     rejects_frame,
+    with_manifest,
     write_listing,
 )
 from genrecast.storage import Storage, join
@@ -53,7 +56,6 @@ MANIFEST_PART_ROWS = 250_000  # rows per manifest part file (~27 MiB)
 
 LABELS_DDL = "track_id string, genre string"
 INDEX_DDL = "track_id string, audio_sha256 string, genre string, file string, file_no long, row_no long"
-M_COLUMNS = ("uri", "size", "version", "sha256", "genre", "features_key", "status", "updated_at")
 DECIDED_DDL = (
     "track_id string, uri string, size long, version string, genre string, rejected_sha string, "
     "kind string, skip_sha string, "
@@ -136,10 +138,7 @@ def _decide_rows(rows: Iterable[Any], fkey: str, ds_key: str | None) -> Iterator
     for r in rows:
         t = Track(r.track_id, r.uri, r.size, r.version)
         have = (r.have_sha, r.have_genre) if r.have_files is not None else None
-        m = None
-        if r.m_uri is not None:
-            m = Entry(r.track_id, r.m_uri, r.m_size, r.m_version, r.m_sha256, r.m_genre, r.m_features_key, r.m_status)
-        kind, skip_sha = decide_ingest(t, r.genre, have, m, r.rejected_sha, fkey, ds_key)
+        kind, skip_sha = decide_ingest(t, r.genre, have, manifest_entry(r), r.rejected_sha, fkey, ds_key)
         yield (
             r.track_id, r.uri, r.size, r.version, r.genre, r.rejected_sha, kind, skip_sha,
             *(r[f"m_{c}"] for c in M_COLUMNS),
@@ -151,15 +150,13 @@ def decide(
 ) -> Any:
     """Every listed track with its verdict (:data:`DECIDED_DDL`: ``kind`` FETCH / KEPT_*, the
     task's ``genre``, ``skip_sha``, ``rejected_sha``, and its manifest row as ``m_*``)."""
-    from pyspark.sql import functions as F
 
-    m = manifest.select("track_id", *(F.col(c).alias(f"m_{c}") for c in M_COLUMNS))
-    joined = (
-        listing.join(labels, "track_id", "left")
-        .join(index.select("track_id", "have_sha", "have_genre", "have_files"), "track_id", "left")
-        .join(m, "track_id", "left")
-        .join(rejected, "uri", "left")
-    )
+    joined = with_manifest(
+        listing.join(labels, "track_id", "left").join(
+            index.select("track_id", "have_sha", "have_genre", "have_files"), "track_id", "left"
+        ),
+        manifest,
+    ).join(rejected, "uri", "left")
     rdd = joined.rdd.mapPartitions(lambda rows: _decide_rows(rows, fkey, ds_key))
     return spark.createDataFrame(rdd, DECIDED_DDL)
 
@@ -324,7 +321,8 @@ def plan_on_spark(
     reject_files = [f for f in commit.table_files(storage, rj_uri) if f.rsplit("/", 1)[-1].startswith("ingest-")]
     previous = kept(rejects_frame(spark, storage, reject_files))
     ds_key = commit.read_state(storage, ds_uri).get(FEATURES_KEY)
-    manifest = kept(manifest_frame(spark, storage, mf_uri))
+    manifest = manifest_frame(spark, storage, mf_uri)  # persisted
+    frames.append(manifest)
     if full:  # every track fetched, nothing skipped on the executors either
         plan_index, plan_manifest = index_frame(spark, storage, []), spark.createDataFrame([], MANIFEST_DDL)
         rejected = spark.createDataFrame([], "uri string, rejected_sha string")

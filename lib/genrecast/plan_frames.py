@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from genrecast import commit
 from genrecast.catalogue import Track, duplicate_reject, listed_files
-from genrecast.manifest import MANIFEST_ARROW_SCHEMA
+from genrecast.manifest import MANIFEST_ARROW_SCHEMA, Entry
 from genrecast.storage import Storage, join
 from genrecast.tasks import FETCH, KEPT_REJECTED, KEPT_UNCHANGED, TrackTask
 
@@ -45,6 +45,7 @@ REJECTS_DDL = (
     "file_no long, row_no long"
 )
 REJECT_KEY_COLUMNS = ("source_uri", "stage", "reason", "features_key")
+M_COLUMNS = ("uri", "size", "version", "sha256", "genre", "features_key", "status", "updated_at")
 
 
 def frame_of_files(spark: Any, files: list[str], read_rows: Callable[[int, str], Iterable[tuple]], ddl: str) -> Any:
@@ -137,6 +138,21 @@ def planning_conf(spark: Any) -> Iterator[None]:
         spark.conf.set(SHUFFLE_PARTITIONS, before)
 
 
+@contextmanager
+def planning(spark: Any, storage: Storage, tmp: str) -> Iterator[list[Any]]:
+    """A run's planning scope: yields the list its persisted DataFrames go in; on exit they are
+    unpersisted, the files staged under ``tmp`` deleted and ``spark.sql.shuffle.partitions``
+    restored (:func:`planning_conf`)."""
+    frames: list[Any] = []
+    try:
+        with planning_conf(spark):
+            yield frames
+    finally:
+        for frame in frames:
+            frame.unpersist()
+        storage.delete_prefix(tmp)
+
+
 # ---- manifest and rejects --------------------------------------------------------------
 
 
@@ -165,6 +181,20 @@ def manifest_frame(spark: Any, storage: Storage, uri: str) -> Any:
                 raise
             log.info("%s: changed by a commit while reading; reading the new version", uri)
     raise AssertionError("unreachable")
+
+
+def with_manifest(frame: Any, manifest: Any) -> Any:
+    """``frame`` left-joined on ``track_id`` with the manifest's columns as ``m_<column>``."""
+    from pyspark.sql import functions as F
+
+    return frame.join(manifest.select("track_id", *(F.col(c).alias(f"m_{c}") for c in M_COLUMNS)), "track_id", "left")
+
+
+def manifest_entry(r: Any) -> Entry | None:
+    """The manifest row of a :func:`with_manifest` row (None where the manifest has none)."""
+    if r.m_uri is None:
+        return None
+    return Entry(r.track_id, r.m_uri, r.m_size, r.m_version, r.m_sha256, r.m_genre, r.m_features_key, r.m_status)
 
 
 def _reject_rows(storage: Storage, file_no: int, f: str) -> Iterator[tuple]:

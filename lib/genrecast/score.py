@@ -2,9 +2,10 @@
 ``<root>/scores/model=<model_id>/``, one row per track (+ rejects).
 
 Driver: resolve the model, check its audio settings -> take the leases of the score table and
-its rejects (one writer each) -> recover interrupted commits -> list the catalogue -> (nightly)
-index the score table's ``track_id``/``audio_sha256`` on executors -> one Spark task per batch
-of tracks -> journalled commit. Executors fetch, hash, decode and run the model
+its rejects (one writer each) -> recover interrupted commits -> plan on Spark
+(:mod:`genrecast.score_plan`: the listing, the table's ``track_id``/``audio_sha256`` index, the
+catalogue manifest and earlier rejects joined on the executors) -> one Spark task per batch of
+tracks to fetch -> journalled commit. Executors fetch, hash, decode and run the model
 (:func:`score_partition`), loading it once per Python worker (:func:`predictor_for`).
 Scoring reads the catalogue, not the mel dataset: a track need not have been ingested.
 
@@ -35,14 +36,24 @@ import numpy as np
 import pyarrow as pa
 
 from genrecast import commit, lease, registry
-from genrecast.catalogue import Track, check_deletions, list_tracks
+from genrecast.catalogue import Track
 from genrecast.config import Config
-from genrecast.dataset import manifest_uri, previous_rejects, reject_key, rejects_uri, scores_uri, timelines_uri
+from genrecast.dataset import reject_key, rejects_uri, scores_uri, timelines_uri
 from genrecast.errors import ConfigError, JobError
 from genrecast.features import features_key
-from genrecast.manifest import Entry, read_manifest
+from genrecast.manifest import Entry
+from genrecast.plan_frames import planning
 from genrecast.storage import Storage, join
-from genrecast.tasks import PartitionResult, Plan, TrackTask, changed_inputs, spread
+from genrecast.tasks import (
+    FETCH,
+    KEPT_REJECTED,
+    KEPT_UNCHANGED,
+    PartitionResult,
+    Plan,
+    TrackTask,
+    changed_inputs,
+    spread,
+)
 
 # Before any TensorFlow import in this process (driver or Spark worker): see genrecast.model.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -322,75 +333,27 @@ def score_partition(
     yield res
 
 
-def _index_file(uri: str, storage: Storage) -> list[tuple[str, str, str]]:
-    """(track_id, audio_sha256, file) per row of one score file: two small columns only."""
-    table = storage.read_parquet(uri, columns=["track_id", "audio_sha256"])
-    return [
-        (t, s, uri)
-        for t, s in zip(table.column("track_id").to_pylist(), table.column("audio_sha256").to_pylist(), strict=True)
-    ]
-
-
 # -- driver -------------------------------------------------------------------------------
-def prepare_timelines(
-    sc: Any,
-    storage: Storage,
-    tl_uri: str,
-    index: dict[str, tuple[str | None, set[str]]],
-    backfill: bool,
-    tl_lease: lease.TableLease,
-) -> tuple[list[str], dict[str, set[str]]]:
-    """``score.keep_timeline``, before scoring: recover the timelines table and list its files;
-    nightly, also find the files holding each track's clip rows, and mark in the score
-    ``index`` (track_id -> (scored sha, files)) every track whose clip rows are missing or of
-    other audio for scoring again. Returns (the table's files, track_id -> files holding it)."""
-    commit.recover(storage, tl_uri, tl_lease)
-    old_files = commit.table_files(storage, tl_uri)
-    held: dict[str, set[str]] = {}
-    if backfill:
-        return old_files, held
-    shas: dict[str, set[str]] = {}
-    if old_files:
-        rows = sc.parallelize(old_files, len(old_files)).flatMap(lambda f: sorted(set(_index_file(f, storage))))
-        for track_id, sha, f in rows.collect():
-            held.setdefault(track_id, set()).add(f)
-            shas.setdefault(track_id, set()).add(sha)
-    for track_id, (sha, files) in list(index.items()):
-        if shas.get(track_id) != {sha}:
-            index[track_id] = (None, files)
-    return old_files, held
-
-
 def commit_timelines(
     sc: Any,
     storage: Storage,
     tl_uri: str,
     run_id: str,
     results: Sequence[ScorePartitionResult],
-    old_files: list[str],
-    held: dict[str, set[str]],
-    replaced: set[str],
-    backfill: bool,
+    stale: dict[str, set[str]],
+    replace_all: list[str],
     tl_lease: lease.TableLease,
 ) -> None:
     """``score.keep_timeline``, after the scores' commit: move this run's clip files in and,
-    with the same journalled commit, drop the old clip rows of the ``replaced`` tracks (scored
-    again, or now rejected) - or, on backfill, every old file."""
+    with the same journalled commit, drop the ``stale`` clip rows (``{file: track ids}``: tracks
+    scored again, now rejected or gone) - or, on backfill, every file of ``replace_all``."""
     add = [
         (r.timeline_tmp_file, f"{tl_uri}/part-{run_id}-{r.partition:05d}.parquet")
         for r in results
         if r.timeline_tmp_file
     ]
-    if backfill:
-        remove = old_files
-    else:
-        stale: dict[str, set[str]] = {}
-        for track_id in replaced:
-            for f in held.get(track_id, ()):
-                stale.setdefault(f, set()).add(track_id)
-        remove = sorted(stale)
-        add += commit.stage_without(sc, storage, tl_uri, run_id, stale)
-    commit.commit(storage, tl_uri, run_id, add, remove, tl_lease)
+    add += commit.stage_without(sc, storage, tl_uri, run_id, stale)
+    commit.commit(storage, tl_uri, run_id, add, sorted(set(replace_all) | set(stale)), tl_lease)
 
 
 @dataclass
@@ -453,10 +416,14 @@ def run_score(
     run_id = commit.new_run_id()
     summary = ScoreSummary(run_id, model_id, mode, table_uri=table_uri, rejects_uri=rj_uri)
     tables = [table_uri, rj_uri] + ([timelines_uri(cfg, model_id)] if cfg.score.keep_timeline else [])
-    with lease.hold(storage, cfg, run_id, f"score {mode}", *tables) as leases:
-        commit.recover(storage, table_uri, leases[table_uri])
-        commit.recover(storage, rj_uri, leases[rj_uri])
-        _score(cfg, spark, storage, summary, genres, leases, allow_mass_delete)
+    plan_tmp = commit.tmp_uri(table_uri, run_id, "plan")
+    with (
+        lease.hold(storage, cfg, run_id, f"score {mode}", *tables) as leases,
+        planning(spark, storage, plan_tmp) as frames,
+    ):
+        for uri in tables:
+            commit.recover(storage, uri, leases[uri])
+        _score(cfg, spark, storage, summary, genres, leases, allow_mass_delete, frames)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -482,18 +449,28 @@ def plan_score(
         index, manifest, rejected_shas = {}, {}, {}
     plan = Plan()
     for t in tracks:
-        m = manifest.get(t.track_id)
-        known_sha = m.sha256 if m is not None and m.same_listing(t) else None
         scored_sha = index[t.track_id][0] if t.track_id in index else None
-        rejected_sha = rejected_shas.get(t.uri)
-        if known_sha is not None and known_sha == scored_sha:
+        kind = decide_score(t, manifest.get(t.track_id), scored_sha, rejected_shas.get(t.uri))
+        if kind == KEPT_UNCHANGED:
             plan.skipped_unchanged += 1
-        elif known_sha is not None and known_sha == rejected_sha:
+        elif kind == KEPT_REJECTED:
             plan.skipped_rejected += 1
         else:
-            plan.tasks.append(TrackTask(t.track_id, t.uri, skip_sha=scored_sha, rejected_sha=rejected_sha))
+            plan.tasks.append(TrackTask(t.track_id, t.uri, skip_sha=scored_sha, rejected_sha=rejected_shas.get(t.uri)))
     plan.tasks = spread(plan.tasks)
     return plan
+
+
+def decide_score(t: Track, m: Entry | None, scored_sha: str | None, rejected_sha: str | None) -> str:
+    """One listed track's verdict (see :func:`plan_score`; :mod:`genrecast.score_plan` applies it
+    per row on Spark): FETCH, KEPT_UNCHANGED or KEPT_REJECTED. ``m``: its manifest row;
+    ``scored_sha``: the audio its score rows hold; ``rejected_sha``: audio score rejected."""
+    known_sha = m.sha256 if m is not None and m.same_listing(t) else None
+    if known_sha is not None and known_sha == scored_sha:
+        return KEPT_UNCHANGED
+    if known_sha is not None and known_sha == rejected_sha:
+        return KEPT_REJECTED
+    return FETCH
 
 
 def _score(
@@ -503,8 +480,15 @@ def _score(
     summary: ScoreSummary,
     genres: list[str],
     leases: dict[str, lease.TableLease],
-    allow_mass_delete: bool = False,
+    allow_mass_delete: bool,
+    frames: list[Any],
 ) -> None:
+    """Plan on Spark (:mod:`genrecast.score_plan`), score the tracks to fetch, commit. The driver
+    holds counts, the partitions' results and rejects (proportional to the change) and the
+    tables' file lists."""
+    from genrecast import score_plan
+    from genrecast.plan_frames import known_reject_keys, stale_files, task_rdd
+
     table_uri, rj_uri, run_id, model_id, mode = (
         summary.table_uri,
         summary.rejects_uri,
@@ -514,56 +498,39 @@ def _score(
     )
     backfill = mode == "backfill"
     sc = spark.sparkContext
-
-    # Catalogue-stage problems (bad ids, odd extensions) are ingest's to report, not ours.
-    tracks = [t for t in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions) if isinstance(t, Track)]
-    summary.tracks_listed = len(tracks)
-
-    old_files = commit.table_files(storage, table_uri)
-    index: dict[str, tuple[str | None, set[str]]] = {}  # track_id -> (scored sha, files holding it)
-    if old_files:  # backfill too: the deletion guard needs the tracks the table holds
-        rows = sc.parallelize(old_files, len(old_files)).flatMap(lambda f: _index_file(f, storage)).collect()
-        for track_id, sha, f in rows:
-            have_sha, files = index.setdefault(track_id, (sha, set()))
-            files.add(f)
-            if have_sha != sha:  # two rows that disagree: score again, which rewrites both files
-                index[track_id] = (None, files)
-    listed_ids = {t.track_id for t in tracks}
-    gone = {track_id for track_id in index if track_id not in listed_ids}
-    check_deletions(
-        f"score {mode}", table_uri, len(gone), len(index), cfg.catalogue.max_delete_share, allow_mass_delete
-    )
-    summary.deleted = len(gone)
-    if backfill:
-        index = {}
     keep_timeline, tl_uri = cfg.score.keep_timeline, timelines_uri(cfg, model_id)
     if keep_timeline:
-        tl_lease = leases[tl_uri]
-        tl_files, tl_held = prepare_timelines(sc, storage, tl_uri, index, backfill, tl_lease)
         summary.timelines_uri = tl_uri
     fkey = features_key(cfg.audio, cfg.ingest)
-    reject_files, rejected_shas, reject_keys = previous_rejects(storage, rj_uri, REJECT_PREFIX, fkey)
-
-    # Listing-level change detection through ingest's catalogue manifest (see plan_score).
-    manifest = {} if backfill else read_manifest(storage, manifest_uri(cfg))
-    plan = plan_score(tracks, index, manifest, rejected_shas, backfill)
-    tasks = plan.tasks
-    summary.skipped_unchanged += plan.skipped_unchanged
-    summary.skipped_rejected += plan.skipped_rejected
-    summary.fetched = len(tasks)
+    started = time.monotonic()
+    plan = score_plan.plan_on_spark(
+        spark, storage, cfg, table_uri, rj_uri, tl_uri if keep_timeline else None, run_id, fkey, backfill,
+        allow_mass_delete, frames,
+    )  # fmt: skip
+    counts = plan.counts
+    summary.tracks_listed = counts.listed
+    summary.deleted = plan.gone
+    summary.skipped_unchanged += counts.skipped_unchanged
+    summary.skipped_rejected += counts.skipped_rejected
+    summary.fetched = n_tasks = counts.fetch
+    log.info(
+        "score %s: planned %d listed tracks: %d to fetch, in %.1fs",
+        mode,
+        counts.listed,
+        n_tasks,
+        time.monotonic() - started,
+    )
     results: list[ScorePartitionResult] = []
-    if tasks:
-        n_parts = max(
-            math.ceil(len(tasks) / cfg.ingest.tracks_per_partition), min(len(tasks), 2 * sc.defaultParallelism)
-        )
+    if n_tasks:
+        n_parts = max(math.ceil(n_tasks / cfg.ingest.tracks_per_partition), min(n_tasks, 2 * sc.defaultParallelism))
         tmp_prefix = f"{table_uri}/{commit.TMP}/{run_id}"
         threads = int(sc.getConf().get("spark.task.cpus", "1"))
         scored_at = datetime.now(UTC)
         tl_tmp_prefix = f"{tl_uri}/{commit.TMP}/{run_id}" if keep_timeline else None
-        rdd = sc.parallelize(tasks, n_parts).mapPartitionsWithIndex(
+        rdd = task_rdd(plan.decided, n_parts).mapPartitionsWithIndex(
             lambda i, it: score_partition(i, it, cfg, model_id, genres, threads, scored_at, tmp_prefix, tl_tmp_prefix)
         )
-        log.info("score %s: %d tracks, %d partitions on %s (model %s)", mode, len(tasks), n_parts, sc.master, model_id)
+        log.info("score %s: %d tracks, %d partitions on %s (model %s)", mode, n_tasks, n_parts, sc.master, model_id)
         from genrecast.spark import with_progress
 
         results = with_progress(spark, "score", rdd.collect)
@@ -589,28 +556,33 @@ def _score(
     summary.scored = len(written)
     summary.rejected = len(new_rejects)
 
+    # Everything that reads the listing comes before the scores' commit, which removes the
+    # plan's staged listing with the run's tmp folder.
+    stale: dict[str, set[str]] = {}
+    tl_stale: dict[str, set[str]] = {}
     if backfill:
-        remove = old_files
+        remove, tl_remove = plan.old_files, plan.timeline_files
         summary.table_tracks = len(written)
     else:
         # Old rows of tracks scored again, whose changed audio is now rejected, or gone from the
         # catalogue, are stale.
-        stale: dict[str, set[str]] = {}
-        for track_id in set(written) | rejected_ids | gone:
-            for f in index.get(track_id, (None, set()))[1]:
-                stale.setdefault(f, set()).add(track_id)
-        remove = sorted(stale)
+        remove, tl_remove = [], []
+        replaced = set(written) | rejected_ids
+        if plan.old_files:
+            stale = stale_files(spark, plan.index, plan.listing, replaced)
+        if plan.timelines is not None and plan.timeline_files:
+            tl_stale = stale_files(spark, plan.timelines, plan.listing, replaced)
+        summary.table_tracks = score_plan.table_tracks(spark, plan, written, rejected_ids)
         if stale:
             add += commit.stage_without(sc, storage, table_uri, run_id, stale)
             log.info("score: replacing %d changed track(s) in %d file(s)", sum(map(len, stale.values())), len(stale))
-        summary.table_tracks = len((set(index) - rejected_ids - gone) | set(written))
-    commit.commit(storage, table_uri, run_id, add, remove, leases[table_uri])
+    known_keys = set() if backfill else known_reject_keys(spark, plan.previous, [reject_key(r) for r in new_rejects])
+    commit.commit(storage, table_uri, run_id, add, sorted(set(remove) | set(stale)), leases[table_uri])
     if keep_timeline:
-        replaced = set(written) | rejected_ids | gone
-        commit_timelines(sc, storage, tl_uri, run_id, results, tl_files, tl_held, replaced, backfill, tl_lease)
+        commit_timelines(sc, storage, tl_uri, run_id, results, tl_stale, tl_remove, leases[tl_uri])
 
-    fresh = [r for r in new_rejects if backfill or reject_key(r) not in reject_keys]
-    if fresh or (backfill and reject_files):
+    fresh = [r for r in new_rejects if reject_key(r) not in known_keys]
+    if fresh or (backfill and plan.reject_files):
         from genrecast.schema import rejects_table
 
         name = f"{REJECT_PREFIX}{run_id}.parquet"
@@ -619,6 +591,6 @@ def _score(
             tmp = commit.tmp_uri(rj_uri, run_id, name)
             storage.write_parquet(tmp, rejects_table(fresh))
             adds = [(tmp, join(rj_uri, name))]
-        commit.commit(storage, rj_uri, run_id, adds, reject_files if backfill else [], leases[rj_uri])
+        commit.commit(storage, rj_uri, run_id, adds, plan.reject_files if backfill else [], leases[rj_uri])
     for r in fresh:
         log.warning("rejected %s (score): %s", r["source_uri"], r["reason"])
