@@ -38,7 +38,7 @@ bench-decode-memory: setup
 	$(PY) bench/decode_memory.py
 
 # SIZES=10000,100000 for a quicker run (default 10k, 100k, 1M simulated tracks; ~5 min on 2 cores).
-# SPARK_PLAN: sizes of the ingest-planning step from simulated files, driver lists vs Spark
+# SPARK_PLAN: sizes of the ingest- and score-planning steps from simulated files, driver lists vs Spark
 # (default 10k, 100k: 3.7 min measured on 2 loaded cores; 1M took ~24 min more and writes ~1M empty files).
 SPARK_PLAN ?= 10000,100000
 bench-scale: setup

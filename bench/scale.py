@@ -20,6 +20,11 @@ index of N/1000 parts and an ingest rejects file, all local), each way in a fres
                   (``write_manifest`` of the kept rows + one fresh row per new track);
   spark           ``ingest_plan.plan_on_spark`` + the tasks built on the executors (counted,
                   not collected) + ``write_manifest_parts`` and its commit.
+Then score's nightly planning from the same files (a score table of model "bench" with the mel
+parts' two index columns, score rejects of the same sources), each way in a fresh process too:
+  lists           the driver lists score planned with before (``list_tracks``, the table's index
+                  collected into a dict, ``read_manifest``, ``previous_rejects``, ``plan_score``);
+  spark           ``score_plan.plan_on_spark`` + the tasks built on the executors (counted).
 Both must plan exactly the N/100 new tracks. Reported: the driver Python process's peak RSS
 above its RSS once Spark is up (the JVM is another process), planning and manifest seconds.
 
@@ -53,6 +58,7 @@ FKEY = "bench-features-key"
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 REJECT_EVERY = 200  # 0.5 % of the catalogue was rejected by an earlier run
 FILE_TRACKS = 1000  # tracks per mel part file in the simulated dataset index
+SCORE_MODEL = "bench"  # the simulated score table's model id
 
 
 def hwm_kib() -> int:
@@ -188,6 +194,7 @@ def sim_files(n: int, folder: Path) -> dict:
     ingest state of a run that read tracks 0..n-1, plus n/100 new files in the listing."""
     import pyarrow as pa
 
+    from genrecast.dataset import rejects_uri, scores_uri
     from genrecast.manifest import MANIFEST_ARROW_SCHEMA
     from genrecast.schema import rejects_table
     from genrecast.storage import Storage
@@ -226,6 +233,13 @@ def sim_files(n: int, folder: Path) -> dict:
         storage.write_parquet(str(mels / f"part-{j // FILE_TRACKS:05d}.parquet"), part)
     (mels / "_table.json").write_text(json.dumps({"version": 1, "features_key": FKEY}))
     storage.write_parquet(str(folder / "root/rejects/job=ingest/ingest-0.parquet"), rejects_table(rejects))
+    # Score's state: model SCORE_MODEL scored what ingest read (its table's two index columns are
+    # the mel parts' own) and rejected what ingest rejected.
+    scores = scores_uri(cfg, SCORE_MODEL)
+    for f in sorted(mels.glob("part-*.parquet")):
+        storage.write_parquet(f"{scores}/{f.name}", storage.read_parquet(str(f), columns=["track_id", "audio_sha256"]))
+    score_rejects = [{**r, "stage": "score"} for r in rejects]
+    storage.write_parquet(f"{rejects_uri(cfg, 'score', SCORE_MODEL)}/score-0.parquet", rejects_table(score_rejects))
     return {"s": time.perf_counter() - t, "files": total}
 
 
@@ -308,7 +322,58 @@ def child_spark_plan(n: int, folder: Path, way: str) -> dict:
     return {"s": plan_s, "manifest_s": manifest_s, "base_kib": base, "peak_kib": hwm_kib(), "tasks": fetch}
 
 
+def child_score_plan(n: int, folder: Path, way: str) -> dict:
+    """Score's nightly planning from the files of :func:`sim_files`: ``lists`` (the driver
+    lists score planned with before: ``list_tracks``, the table's index collected into a dict,
+    ``read_manifest``, ``previous_rejects``, ``plan_score``) or ``spark``
+    (``genrecast.score_plan``). Peak RSS is the driver Python process's."""
+    import genrecast.score_plan  # noqa: F401 (imported before the base RSS, as the other way's modules)
+    from genrecast import commit
+    from genrecast.catalogue import Track, list_tracks
+    from genrecast.dataset import manifest_uri, previous_rejects, rejects_uri, scores_uri
+    from genrecast.manifest import read_manifest
+    from genrecast.score import REJECT_PREFIX, plan_score
+    from genrecast.score_plan import _index_rows
+    from genrecast.storage import Storage
+
+    cfg, storage, new = sim_config(folder), Storage(), n // 100
+    table, rj_uri = scores_uri(cfg, SCORE_MODEL), rejects_uri(cfg, "score", SCORE_MODEL)
+    spark = _spark_up(cfg)
+    base = _status_kib("VmRSS:")
+    run_id = commit.new_run_id()
+    t = time.perf_counter()
+    if way == "lists":
+        tracks = [t for t in list_tracks(storage, cfg.catalogue.audio_uri, ["mp3"]) if isinstance(t, Track)]
+        files = commit.table_files(storage, table)
+        index: dict[str, tuple[str | None, set[str]]] = {}
+        for tid, sha, f in spark.sparkContext.parallelize(files, len(files)).flatMap(
+            lambda f: _index_rows(storage, f)
+        ).collect():
+            index.setdefault(tid, (sha, set()))[1].add(f)
+        listed_ids = {t.track_id for t in tracks}
+        gone = sum(1 for tid in index if tid not in listed_ids)
+        _files, rejected_shas, _keys = previous_rejects(storage, rj_uri, REJECT_PREFIX, FKEY)
+        plan = plan_score(tracks, index, read_manifest(storage, manifest_uri(cfg)), rejected_shas)
+        fetch, listed = len(plan.tasks), len(tracks)
+        assert all(int(task.track_id.rsplit("/t", 1)[1]) >= n for task in plan.tasks)
+    else:
+        from genrecast import plan_frames as pf
+        from genrecast import score_plan as sp
+
+        with pf.planning(spark, storage, commit.tmp_uri(table, run_id, "plan")) as frames:
+            plan = sp.plan_on_spark(spark, storage, cfg, table, rj_uri, None, run_id, FKEY, False, False, frames)
+            tasks = pf.task_rdd(plan.decided, max(1, new // 16))
+            fetch = tasks.count()
+            assert tasks.filter(lambda task: int(task.track_id.rsplit("/t", 1)[1]) < n).isEmpty()
+        listed, gone = plan.counts.listed, plan.gone
+    plan_s = time.perf_counter() - t
+    assert (fetch, listed, gone) == (new, n + new, 0), (fetch, listed, gone)
+    spark.stop()
+    return {"s": plan_s, "manifest_s": 0.0, "base_kib": base, "peak_kib": hwm_kib(), "tasks": fetch}
+
+
 CHILDREN = {
+    "score-plan": lambda a: child_score_plan(int(a[0]), Path(a[1]), a[2]),
     "sim-files": lambda a: sim_files(int(a[0]), Path(a[1])),
     "spark-plan": lambda a: child_spark_plan(int(a[0]), Path(a[1]), a[2]),
     "manifest-write": lambda a: child_manifest_write(int(a[0]), Path(a[1])),
@@ -391,40 +456,43 @@ def recommend_rows() -> None:
     print("hnsw at 1,000,000: not run (its build alone would take several minutes on 2 cores)")
 
 
-def spark_plan_rows(sizes: list[int], out: Path) -> None:
-    results: dict[tuple[str, int], dict] = {}
+def spark_plan_rows(sizes: list[int], out: Path, jobs: list[str]) -> None:
+    results: dict[tuple[str, str, int], dict] = {}
     for n in sizes:
         folder = out / f"files-n{n}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         r = run("sim-files", n, folder)
         print(f"  simulated catalogue N={n}: {r['files']} files written in {r['s']:.0f}s", file=sys.stderr, flush=True)
-        for way in ("lists", "spark"):
-            results[way, n] = r = run("spark-plan", n, folder, way)
-            print(f"  ingest planning ({way}) N={n}: {r['s']:.1f}s, peak {mib(r['peak_kib']):.0f} MiB",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        for job in jobs:
+            for way in ("lists", "spark"):
+                results[job, way, n] = r = run("spark-plan" if job == "ingest" else "score-plan", n, folder, way)
+                print(f"  {job} planning ({way}) N={n}: {r['s']:.1f}s, peak {mib(r['peak_kib']):.0f} MiB",
+                      file=sys.stderr, flush=True)  # fmt: skip
         shutil.rmtree(folder)
     n0 = sizes[0]
-    print("\nIngest planning from files (+1 % new), local[2] Spark; driver Python RSS (ratios vs N="
-          f"{n0:,} in this run; spark/lists: the two ways at the same N)")  # fmt: skip
-    print(f"{'way':6} {'N':>9} {'plan s':>7} {'manifest s':>10} {'peak MiB':>9} {'above base MiB':>14} "
-          f"{'B/track':>8} {'tasks':>6} {'N x':>5} {'time x':>7} {'RSS x':>6} {'spark/lists s':>13} "
-          f"{'spark/lists RSS':>15}")  # fmt: skip
-    for way in ("lists", "spark"):
-        r0 = results[way, n0]
-        above0 = r0["peak_kib"] - r0["base_kib"]
-        for n in sizes:
-            r, lists = results[way, n], results["lists", n]
-            above = r["peak_kib"] - r["base_kib"]
-            vs = (
-                f"{(r['s'] + r['manifest_s']) / (lists['s'] + lists['manifest_s']):13.2f} "
-                f"{above / max(1, lists['peak_kib'] - lists['base_kib']):15.2f}"
-            )
-            print(
-                f"{way:6} {n:>9,} {r['s']:7.1f} {r['manifest_s']:10.1f} {mib(r['peak_kib']):9.0f} {mib(above):14.0f} "
-                f"{above * 1024 / n:8.0f} {r['tasks']:>6} {n / n0:5.0f} {r['s'] / r0['s']:7.1f} "
-                f"{above / max(1, above0):6.1f} {vs}"
-            )
+    for job in jobs:
+        what = {"ingest": "Ingest planning", "score": "Score nightly planning"}[job]
+        print(f"\n{what} from files (+1 % new), local[2] Spark; driver Python RSS (ratios vs N="
+              f"{n0:,} in this run; spark/lists: the two ways at the same N)")  # fmt: skip
+        print(f"{'way':6} {'N':>9} {'plan s':>7} {'manifest s':>10} {'peak MiB':>9} {'above base MiB':>14} "
+              f"{'B/track':>8} {'tasks':>6} {'N x':>5} {'time x':>7} {'RSS x':>6} {'spark/lists s':>13} "
+              f"{'spark/lists RSS':>15}")  # fmt: skip
+        for way in ("lists", "spark"):
+            r0 = results[job, way, n0]
+            above0 = r0["peak_kib"] - r0["base_kib"]
+            for n in sizes:
+                r, lists = results[job, way, n], results[job, "lists", n]
+                above = r["peak_kib"] - r["base_kib"]
+                vs = (
+                    f"{(r['s'] + r['manifest_s']) / (lists['s'] + lists['manifest_s']):13.2f} "
+                    f"{above / max(1, lists['peak_kib'] - lists['base_kib']):15.2f}"
+                )
+                print(
+                    f"{way:6} {n:>9,} {r['s']:7.1f} {r['manifest_s']:10.1f} {mib(r['peak_kib']):9.0f} "
+                    f"{mib(above):14.0f} {above * 1024 / n:8.0f} {r['tasks']:>6} {n / n0:5.0f} "
+                    f"{r['s'] / r0['s']:7.1f} {above / max(1, above0):6.1f} {vs}"
+                )
 
 
 def main() -> None:
@@ -435,8 +503,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes, comma-separated")
     ap.add_argument("--recommend", action="store_true", help="also measure exact / HNSW top-k memory")
     ap.add_argument("--spark-plan", default="", metavar="SIZES",
-                    help="also time ingest's planning from simulated files, driver lists vs Spark (comma-separated)")
+                    help="also time ingest's and score's planning from simulated files: driver lists vs Spark")
     ap.add_argument("--only-spark-plan", action="store_true", help="skip the in-memory catalogue steps")
+    ap.add_argument("--plan-jobs", default="ingest,score", help="the jobs --spark-plan measures (comma-separated)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = ap.parse_args()
     try:
@@ -449,13 +518,16 @@ def main() -> None:
         plan_sizes = sorted(int(s) for s in args.spark_plan.split(",")) if args.spark_plan else []
     except ValueError:
         ap.error(f"--spark-plan: not a comma-separated list of integers: {args.spark_plan!r}")
+    plan_jobs = args.plan_jobs.split(",")
+    if not set(plan_jobs) <= {"ingest", "score"}:
+        ap.error(f"--plan-jobs: ingest and/or score, not {args.plan_jobs!r}")
     if any(n < 100 for n in plan_sizes):
         ap.error("--spark-plan: each size must be >= 100 (1 % of it is the new tracks)")
     started = time.monotonic()
     if not args.only_spark_plan:
         catalogue_rows(sizes, args.out / "scale")
     if plan_sizes:
-        spark_plan_rows(plan_sizes, args.out / "scale")
+        spark_plan_rows(plan_sizes, args.out / "scale", plan_jobs)
     if args.recommend:
         recommend_rows()
     print(f"\ntotal {time.monotonic() - started:.0f}s")
