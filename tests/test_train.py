@@ -151,6 +151,7 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     head, and the Predictor scores a track with the head applied to its pooled features."""
     from genrecast import backbone
     from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pooled_parts
+    from genrecast.notebook_helpers import predict_test_split
     from genrecast.score import Predictor, predictor_for
     from genrecast.train_worker import load_clips
 
@@ -196,3 +197,6 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 16)
     with pytest.raises(JobError, match="training.head is 'clip' but the model has a track_pool layer"):
         Predictor(model, meta["genres"], head="clip")
+    # The notebooks' test-split helper scores as the train job's evaluation did.
+    preds = predict_test_split(cfg, result.model_id)
+    assert float(preds.tracks["correct"].mean()) == pytest.approx(result.metrics["cnn_track"]["accuracy"])
