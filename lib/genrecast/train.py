@@ -143,10 +143,10 @@ def _file_passes(spark: Any, files: list[str]) -> int:
 
 
 def val_shards(clips: dict[str, int], workers: int) -> list[list[str]]:
-    """Validation tracks (and a pooled head's train tracks) (``track_id -> clips``) -> one
-    sorted list per TF worker, balanced by
-    clips (largest track first onto the lightest shard). With fewer tracks than workers every
-    worker gets them all: a worker with nothing to read would wait forever on its endless reader."""
+    """Validation tracks - and a pooled head's train tracks - (``track_id -> clips``) -> one
+    sorted list per TF worker, balanced by clips (largest track first onto the lightest shard).
+    With fewer tracks than workers every worker gets them all: a worker with nothing to read
+    would wait forever on its endless reader."""
     if not clips:
         return [[] for _ in range(workers)]
     if len(clips) < workers:
