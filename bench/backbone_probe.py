@@ -1,9 +1,10 @@
 """Frozen-backbone probe on a trained model's split: per-track mean + std of a backbone's
-features over the clips, standardised, logistic regression fitted on the train + val tracks and
-tested on the test tracks. Beside them, the same treatment of train's per-clip MFCC statistics
-(train's own baseline averages them per track without the std, so its number differs). It
-answers "are the features good on this catalogue?" apart from how a head is trained. The
-dataset must have been ingested with the backbone's audio profile.
+features over the clips, standardised, logistic regression fitted on the train + val tracks
+(``--fit train``: the train tracks only, as a trained head sees them) and tested on the test
+tracks. Beside them, the same treatment of train's per-clip MFCC statistics (train's own
+baseline averages them per track without the std, so its number differs). It answers "are the
+features good on this catalogue?" apart from how a head is trained. The dataset must have been
+ingested with the backbone's audio profile.
 
 Usage (environment as for the training run, e.g. GENRECAST__AUDIO__SAMPLE_RATE=16000 ...):
   .venv/bin/python bench/backbone_probe.py --model MODEL_ID [--backbones musicnn-msd vgg-msd]
@@ -22,6 +23,10 @@ def main() -> None:
     parser.add_argument("--conf", default="conf/local.yaml")
     parser.add_argument("--model", required=True, help="model id whose split (model.json) is used")
     parser.add_argument("--backbones", nargs="+", default=["musicnn-msd", "vgg-msd"])
+    parser.add_argument(
+        "--fit", choices=["train+val", "train"], default="train+val",
+        help="tracks the regression is fitted on (train: as a trained head, which holds val out for early stopping)",
+    )
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -42,7 +47,8 @@ def main() -> None:
     print(f"{len(ids)} clips of {len(set(ids))} tracks loaded in {time.perf_counter() - t0:.1f}s")
     tracks = sorted(set(ids))
     label = {t: int(c) for t, c in zip(ids, y, strict=True)}
-    fit = [i for i, t in enumerate(tracks) if assignment[t] != "test"]
+    fit_sides = {"train", "val"} if args.fit == "train+val" else {"train"}
+    fit = [i for i, t in enumerate(tracks) if assignment[t] in fit_sides]
     test = [i for i, t in enumerate(tracks) if assignment[t] == "test"]
     y_t = np.asarray([label[t] for t in tracks])
 
@@ -66,7 +72,7 @@ def main() -> None:
         out = np.concatenate(out, axis=1) if isinstance(out, list) else out
         ms = 1e3 * (time.perf_counter() - t0) / len(x)
         results.append((f"{name} frozen features", score(track_stats(out)), ms))
-    print(f"\nsplit: {len(fit)} train+val tracks, {len(test)} test tracks (model {args.model})")
+    print(f"\nsplit: fitted on {len(fit)} {args.fit} tracks, {len(test)} test tracks (model {args.model})")
     print(f"{'features + logistic regression':40} {'test track acc':>14} {'ms/clip (1 thread)':>19}")
     base = results[0][1]
     for name, acc, ms in results:

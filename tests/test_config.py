@@ -48,6 +48,14 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
         ("audio: [1, 2\n", {}, "not valid YAML"),
         ("- a\n- b\n", {}, "top level must be a mapping"),
         ("storage: {root: 'ftp://x/y'}\n", {}, "unsupported URI scheme"),
+        ("train: {head: pooled}\n", {}, "key 'train.head': pooled needs a pretrained train.backbone"),
+        ("train: {head: track}\n", {}, "key 'train.head'"),
+        (
+            "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
+            "train: {backbone: vgg-msd, head: pooled, augment: {use: [gain]}}\n",
+            {},
+            "key 'train.augment': not applied with train.head pooled",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, text, env, message):

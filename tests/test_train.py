@@ -9,7 +9,7 @@ import pytest
 
 from genrecast import commit, registry
 from genrecast.config import AugmentConf
-from genrecast.errors import ConfigError
+from genrecast.errors import ConfigError, JobError
 from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 from genrecast.train import run_train
@@ -143,3 +143,60 @@ def test_backbone_head_trains_distributed_and_scores(tmp_path, spark):
     files = commit.table_files(Storage(), scores_uri(cfg, result.model_id))
     embeddings = [e for f in files for e in Storage().read_parquet(f, ["embedding"]).column("embedding").to_pylist()]
     assert len(embeddings) == 18 and {len(e) for e in embeddings} == {16}
+
+
+def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
+    """``train.head: pooled``: the head trains on per-track mean + std of the frozen backbone's
+    clip features, in the same barrier + MultiWorkerMirroredStrategy path; model.json records the
+    head, and the Predictor scores a track with the head applied to its pooled features."""
+    from genrecast import backbone
+    from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pooled_parts
+    from genrecast.notebook_helpers import predict_test_split
+    from genrecast.score import Predictor, predictor_for
+    from genrecast.train_worker import load_clips
+
+    write_labelled_catalogue(tmp_path, np.random.default_rng(1), 6, seconds=6.5, artists=3)
+    cfg = write_config(
+        tmp_path,
+        "genres: [low, high, noise]\n"
+        "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
+        "train: {epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
+        " head: pooled, learning_rate: 0.01}\n",
+    )
+    assert run_ingest(cfg, spark).tracks_ok == 18
+    result = run_train(cfg, spark)
+    assert len({w["weights_sha256"] for w in result.workers}) == 1
+    meta = registry.read_model_json(cfg, result.model_id)
+    assert meta["training"]["head"] == "pooled"
+    model, _ = registry.load_model(cfg, result.model_id)
+    fresh = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
+    for before, after in zip(fresh.get_weights(), model.get_layer("backbone").get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)  # frozen through distributed training
+    assert result.metrics["cnn_track"]["accuracy"] >= 0.8, result.report_text
+
+    split = registry.read_split(cfg, result.model_id, meta)
+    x, _y, ids = load_clips(cfg, sorted(split), meta["genres"])
+    # The workers featurised the train and validation tracks between them, every clip once.
+    passes = meta["training"]["feature_pass"]
+    assert sum(p["clips"] for p in passes) == sum(split[t] != "test" for t in ids), passes
+    tracks = sorted(set(ids))
+    clips = [x[[i for i, t in enumerate(ids) if t == track]] for track in tracks]
+    predictor = predictor_for(cfg, result.model_id, meta["genres"])  # the head from model.json
+    assert predictor.head == "pooled"
+    got = predictor.predict_tracks(clips)
+    assert len(got) == len(tracks)
+    features, head = pooled_parts(model)
+    pooled = np.stack([pool_clip_features(features(c, training=False).numpy()) for c in clips])
+    want_probs, want_emb = (o.numpy() for o in inference_model(head)(pooled, training=False))
+    np.testing.assert_allclose(np.stack([p for p, _e in got]), want_probs, atol=1e-5)
+    np.testing.assert_allclose(np.stack([e for _p, e in got]), want_emb, atol=1e-5)
+    # The whole model called on one track's clips pools in its graph (TrackPool) to the same row.
+    np.testing.assert_allclose(model(clips[0], training=False).numpy()[0], got[0][0], atol=1e-5)
+    # Clip-level outputs: one row per clip (each clip as a one-clip track).
+    clip_probs, clip_embs = predictor.predict(clips[0])
+    assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 16)
+    with pytest.raises(JobError, match="training.head is 'clip' but the model has a track_pool layer"):
+        Predictor(model, meta["genres"], head="clip")
+    # The notebooks' test-split helper scores as the train job's evaluation did.
+    preds = predict_test_split(cfg, result.model_id)
+    assert float(preds.tracks["correct"].mean()) == pytest.approx(result.metrics["cnn_track"]["accuracy"])

@@ -22,7 +22,7 @@ from genrecast.audio import AudioRejected
 from genrecast.catalogue import validate_track_id
 from genrecast.config import Config
 from genrecast.errors import ConfigError, GenrecastError, InvalidIdentifier, JobError
-from genrecast.score import aggregate_clips, clip_batches, predictor_for
+from genrecast.score import clip_batches, predictor_for
 from genrecast.storage import Storage, join
 from genrecast.timeline import Timeline, clip_rows, clip_times, compare
 
@@ -121,12 +121,11 @@ def track_timelines(
 
     for batch in clip_batches(decoded()):  # batched across files
         predictor = predictor_for(cfg, model_id, genres, threads)
-        predictions = predictor.predict_clips([clips for _i, clips in batch])
-        for (i, _clips), (probs, embs) in zip(batch, predictions, strict=True):
+        predictions = predictor.predict_all([clips for _i, clips in batch])
+        for (i, _clips), (probs, embs, track_probs, track_emb) in zip(batch, predictions, strict=True):
             start_s, end_s = clip_times(samples[i], cfg.audio)
             if len(start_s) != len(probs):  # the clip cutting and the times must agree; never guess
                 raise JobError(f"{names[i]}: {len(probs)} clips but {len(start_s)} clip times")
-            track_probs, track_emb = aggregate_clips(probs, embs)
             results[i] = Timeline(
                 names[i], genres, start_s, end_s, probs, embs, track_probs, track_emb,
                 samples[i] / cfg.audio.sample_rate,

@@ -146,6 +146,10 @@ class TrainConf(_Section):
     # "scratch": the genre CNN; a pretrained backbone name (genrecast.backbone.BACKBONES): a
     # head trained on its frozen features (the audio section must then fit its profile).
     backbone: str = "scratch"
+    # Backbone models only. "clip": the head classifies each clip, a track is the mean of its
+    # clips; "pooled": the head classifies a track from the mean + std of its clips' frozen
+    # backbone features (genrecast.model.build_pooled_model).
+    head: Literal["clip", "pooled"] = "clip"
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
@@ -308,4 +312,12 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         problem = profile_mismatch(cfg.audio, cfg.train.backbone)
         if problem:
             raise ConfigError(f"{file}: key 'train.backbone': {problem}")
+    if cfg.train.head == "pooled":
+        if cfg.train.backbone == "scratch":
+            raise ConfigError(f"{file}: key 'train.head': pooled needs a pretrained train.backbone, not scratch")
+        if cfg.train.augment.use or cfg.train.augment.balanced:
+            # The pooled head trains on per-track feature vectors computed once: no clip to augment.
+            raise ConfigError(
+                f"{file}: key 'train.augment': not applied with train.head pooled (use: [], balanced: false)"
+            )
     return cfg

@@ -31,3 +31,18 @@ class DbToBackboneInput(k.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "frames": self.frames, "log_scale": self.log_scale}
+
+
+@k.saving.register_keras_serializable(package="genrecast")
+class TrackPool(k.layers.Layer):
+    """The clip features of one track ``(n_clips, F)`` -> ``(1, 2F)``: their mean, then their
+    standard deviation, over the batch axis (the clips). The graph form of
+    :func:`genrecast.model.pool_clip_features`: a pooled model called on one track's clips gives
+    that track's row."""
+
+    def call(self, feats: Any) -> Any:
+        import tensorflow as tf
+
+        mean = tf.reduce_mean(feats, axis=0, keepdims=True)
+        std = tf.sqrt(tf.reduce_mean(tf.square(feats - mean), axis=0, keepdims=True))
+        return tf.concat([mean, std], axis=-1)

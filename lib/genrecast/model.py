@@ -28,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EMBEDDING_LAYER = "embedding"
 PROBS_LAYER = "genre_probs"
+TRACK_POOL_LAYER = "track_pool"  # pooled models (train.head: pooled): clips' features -> one track row
+HEAD_LAYER = "head"  # pooled models: the nested model that trains (pooled features -> probabilities)
 
 
 def keras() -> Any:
@@ -84,6 +86,35 @@ def build_model(
 BACKBONE_FEATURES = {"musicnn": ("penultimate", "max_pool"), "vgg": ("pool5",)}
 
 
+def _backbone_trunk(n_mels: int, frames: int, backbone: str) -> tuple[Any, Any]:
+    """(dB clip input (batch, n_mels, frames), frozen backbone features (batch, F)): the clip
+    converted in the graph (``DbToBackboneInput``), then the pretrained ``backbone``
+    (:mod:`genrecast.backbone`) frozen, its batch-norms in inference mode."""
+    from genrecast.backbone import backbone_spec, build_backbone, feature_model
+    from genrecast.keras_layers import DbToBackboneInput
+
+    spec = backbone_spec(backbone)
+    k = keras()
+    trunk = feature_model(build_backbone(backbone), BACKBONE_FEATURES[spec.arch], name="backbone")
+    trunk.trainable = False
+    inputs = k.Input(shape=(n_mels, frames), name="mel")
+    x = DbToBackboneInput(spec.profile.frames, spec.profile.log_scale, name="backbone_input")(inputs)
+    feats = trunk(x, training=False)
+    return inputs, (k.layers.Concatenate(name="backbone_features")(feats) if isinstance(feats, list) else feats)
+
+
+def _head(x: Any, n_genres: int, embedding_dim: int, dropout: float) -> Any:
+    """Features -> probabilities: batch-norm, dropout, the ``embedding`` layer, dropout, softmax."""
+    layers = keras().layers
+    # The features differ in scale by orders of magnitude (batch-normed 200-d vs raw max-pooled
+    # activations): standardise them, or the first steps blow the softmax up (loss ~16 seen).
+    x = layers.BatchNormalization(momentum=0.9, synchronized=True, name="feature_bn")(x)
+    x = layers.Dropout(dropout)(x)
+    embedding = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
+    x = layers.Dropout(dropout)(embedding)
+    return layers.Dense(n_genres, activation="softmax", name=PROBS_LAYER)(x)
+
+
 def build_backbone_model(
     n_mels: int,
     frames: int,
@@ -97,26 +128,49 @@ def build_backbone_model(
     come from the pretrained ``backbone`` (:mod:`genrecast.backbone`), frozen (its batch-norms
     in inference mode); only the head (batch-norm, dropout, dense embedding, softmax) trains. The input must
     fit the backbone's audio profile (:func:`genrecast.backbone.check_profile`)."""
-    from genrecast.backbone import backbone_spec, build_backbone, feature_model
-    from genrecast.keras_layers import DbToBackboneInput
+    inputs, feats = _backbone_trunk(n_mels, frames, backbone)
+    probs = _head(feats, n_genres, embedding_dim, dropout)
+    return keras().Model(inputs, probs, name=f"genrecast_{backbone.replace('-', '_')}_head")
 
-    spec = backbone_spec(backbone)
+
+def build_pooled_model(
+    n_mels: int,
+    frames: int,
+    n_genres: int,
+    backbone: str,
+    embedding_dim: int = 128,
+    dropout: float = 0.3,
+) -> Any:
+    """Uncompiled ``train.head: pooled`` model: the clips of ONE track (n_clips, n_mels, frames)
+    dB -> frozen ``backbone`` features (n_clips, F) -> ``track_pool`` (their mean and std over
+    the clips, (1, 2F)) -> the nested model ``head`` (2F -> (1, n_genres) probabilities, with the
+    ``embedding`` and ``genre_probs`` layers), which is what trains, on pooled track vectors
+    (:func:`pool_clip_features`). Scoring runs the part before ``track_pool`` over many tracks'
+    clips at once and the head on the pooled rows (:class:`genrecast.score.Predictor`)."""
+    from genrecast.keras_layers import TrackPool
+
     k = keras()
-    layers = k.layers
-    trunk = feature_model(build_backbone(backbone), BACKBONE_FEATURES[spec.arch], name="backbone")
-    trunk.trainable = False
-    inputs = k.Input(shape=(n_mels, frames), name="mel")
-    x = DbToBackboneInput(spec.profile.frames, spec.profile.log_scale, name="backbone_input")(inputs)
-    feats = trunk(x, training=False)
-    x = layers.Concatenate(name="backbone_features")(feats) if isinstance(feats, list) else feats
-    # The features differ in scale by orders of magnitude (batch-normed 200-d vs raw max-pooled
-    # activations): standardise them, or the first steps blow the softmax up (loss ~16 seen).
-    x = layers.BatchNormalization(momentum=0.9, synchronized=True, name="feature_bn")(x)
-    x = layers.Dropout(dropout)(x)
-    embedding = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
-    x = layers.Dropout(dropout)(embedding)
-    probs = layers.Dense(n_genres, activation="softmax", name=PROBS_LAYER)(x)
-    return k.Model(inputs, probs, name=f"genrecast_{backbone.replace('-', '_')}_head")
+    inputs, feats = _backbone_trunk(n_mels, frames, backbone)
+    dim = int(feats.shape[-1])
+    head_in = k.Input(shape=(2 * dim,), name="pooled_features")
+    head = k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+    pooled = TrackPool(name=TRACK_POOL_LAYER)(feats)
+    return k.Model(inputs, head(pooled), name=f"genrecast_{backbone.replace('-', '_')}_pooled")
+
+
+def pool_clip_features(feats: np.ndarray) -> np.ndarray:
+    """One track's clip features (n_clips, F) -> (2F,) float32: their mean, then their standard
+    deviation (population, 0 for one clip), over the clips: the input of a pooled model's head,
+    as :class:`genrecast.keras_layers.TrackPool` computes it in the graph."""
+    f = np.asarray(feats, np.float64)
+    return np.concatenate([f.mean(axis=0), f.std(axis=0)]).astype(np.float32)
+
+
+def pooled_parts(model: Any) -> tuple[Any, Any]:
+    """A pooled model (:func:`build_pooled_model`) -> (clip features model: (n, n_mels, frames)
+    dB -> (n, F), its ``head``: (m, 2F) pooled rows -> (m, n_genres)), sharing its weights."""
+    k = keras()
+    return k.Model(model.inputs, model.get_layer(TRACK_POOL_LAYER).input), model.get_layer(HEAD_LAYER)
 
 
 def compile_model(model: Any, learning_rate: float = 1e-3, onehot: bool = False) -> Any:

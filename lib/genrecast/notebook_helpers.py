@@ -217,19 +217,27 @@ class SplitPredictions:
 
 def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     """Run the saved model over the test split's clips (:func:`registry.read_split`), clip level and
-    track level (mean of clip probabilities), with the train job's own building blocks."""
+    track level (as scoring does: :meth:`genrecast.score.Predictor.predict_all`), with the train
+    job's own building blocks."""
     import pandas as pd
 
-    from genrecast.model import inference_model
-    from genrecast.report import track_mean
+    from genrecast.score import Predictor
     from genrecast.train_worker import load_clips
 
     model, meta = registry.load_model(cfg, model_id)
     genres = list(meta["genres"])
     test = sorted(t for t, side in registry.read_split(cfg, model_id, meta).items() if side == "test")
     x, y, clip_tracks = load_clips(cfg, test, genres)
-    probs, _embedding = inference_model(model).predict(x, batch_size=64, verbose=0)
-    order, track_probs = track_mean(clip_tracks, probs)
+    order = sorted(set(clip_tracks))
+    rows: dict[str, list[int]] = {t: [] for t in order}
+    for i, t in enumerate(clip_tracks):
+        rows[t].append(i)
+    predictor = Predictor(model, genres, head=meta.get("training", {}).get("head", "clip"))
+    predictions = predictor.predict_all([x[rows[t]] for t in order])
+    probs = np.zeros((len(x), len(genres)), np.float32)
+    for t, (clip_probs, _e, _tp, _te) in zip(order, predictions, strict=True):
+        probs[rows[t]] = clip_probs
+    track_probs = np.stack([tp for _p, _e, tp, _te in predictions]) if order else np.zeros((0, len(genres)))
     true = {t: genres[label] for t, label in zip(clip_tracks, y, strict=True)}
     sources = clip_index(cfg).drop_duplicates("track_id").set_index("track_id")["source_uri"]
     tracks = pd.DataFrame(

@@ -166,64 +166,128 @@ def limit_tf_threads(threads: int) -> None:
 
 
 class Predictor:
-    """A genre model ready for batched inference on log-mel clips."""
+    """A genre model ready for batched inference on log-mel clips.
 
-    def __init__(self, keras_model: Any, genres: Sequence[str], batch_clips: int = BATCH_CLIPS) -> None:
+    ``head`` is the model's ``training.head`` (model.json): ``clip`` - the model classifies each
+    clip, a track is the mean of its clips (:func:`aggregate_clips`); ``pooled`` - the model's
+    head classifies a track from the mean + std of its clips' backbone features
+    (:func:`genrecast.model.build_pooled_model`). A pooled model's per-clip outputs (timelines,
+    clip metrics) treat each clip as a one-clip track (std 0): a rough local view, outside what
+    its head was trained on; the track's genre and embedding come from the pooled row."""
+
+    def __init__(
+        self, keras_model: Any, genres: Sequence[str], batch_clips: int = BATCH_CLIPS, head: str = "clip"
+    ) -> None:
         import tensorflow as tf
 
-        from genrecast.model import inference_model
+        from genrecast.model import TRACK_POOL_LAYER, inference_model, pooled_parts
 
-        infer = inference_model(keras_model)
+        has_pool = any(layer.name == TRACK_POOL_LAYER for layer in keras_model.layers)
+        if head not in ("clip", "pooled") or has_pool != (head == "pooled"):
+            raise JobError(f"model.json training.head is {head!r} but the model {'has' if has_pool else 'lacks'} "
+                           f"a {TRACK_POOL_LAYER} layer")
+        self.head = head
+        if head == "pooled":
+            features, head_model = pooled_parts(keras_model)
+            infer = inference_model(head_model)
+            clip_in = features.inputs[0]
+        else:
+            features, infer = None, inference_model(keras_model)
+            clip_in = infer.inputs[0]
         n_out = int(infer.outputs[0].shape[-1])
         if n_out != len(genres):
             raise JobError(f"model has {n_out} outputs but model.json lists {len(genres)} genres")
         self.genres = list(genres)
-        self.input_shape = tuple(int(d) for d in infer.inputs[0].shape[1:])  # (n_mels, clip_frames)
+        self.input_shape = tuple(int(d) for d in clip_in.shape[1:])  # (n_mels, clip_frames)
         self.batch_clips = batch_clips
         # One traced graph for every batch size: eager Keras calls cost ~ms of Python per layer.
         self._infer = tf.function(
             lambda x: infer(x, training=False),
+            input_signature=[tf.TensorSpec((None, *(int(d) for d in infer.inputs[0].shape[1:])), tf.float32)],
+        )
+        self._features = None if features is None else tf.function(
+            lambda x: features(x, training=False),
             input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
         )
 
-    def predict(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, n_mels, clip_frames) float32 dB -> (n, n_genres) probabilities, (n, d) unit embeddings."""
+    def _batched(self, fn: Any, x: np.ndarray) -> list[np.ndarray]:
+        """``fn`` over ``x`` in batches of ``batch_clips`` rows -> its outputs, concatenated."""
+        outs = [fn(x[start : start + self.batch_clips]) for start in range(0, len(x), self.batch_clips)]
+        outs = [o if isinstance(o, (list, tuple)) else (o,) for o in outs]
+        return [np.concatenate([o[i].numpy() for o in outs]) for i in range(len(outs[0]))]
+
+    def _check(self, clips: np.ndarray) -> None:
         if clips.shape[1:] != self.input_shape:
             raise JobError(f"clips of shape {clips.shape[1:]} for a model that takes {self.input_shape}")
-        probs, embs = [], []
-        for start in range(0, len(clips), self.batch_clips):
-            p, e = self._infer(clips[start : start + self.batch_clips])
-            probs.append(p.numpy())
-            embs.append(e.numpy())
-        return np.concatenate(probs), np.concatenate(embs)
 
-    def predict_clips(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Clips of several tracks, batched across track boundaries -> per track, in order,
-        its clips' (probabilities (n_clips, n_genres), unit embeddings (n_clips, d))."""
+    def predict(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, n_mels, clip_frames) float32 dB -> (n, n_genres) probabilities, (n, d) unit
+        embeddings, per clip (a pooled model: each clip as a one-clip track)."""
+        self._check(clips)
+        if self._features is None:
+            probs, embs = self._batched(self._infer, clips)
+            return probs, embs
+        feats = self._batched(self._features, clips)[0]
+        probs, embs = self._batched(self._infer, np.concatenate([feats, np.zeros_like(feats)], axis=1))
+        return probs, embs
+
+    def predict_all(
+        self, tracks: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Clips of several tracks, batched across track boundaries -> per track, in order: its
+        clips' probabilities (n_clips, n_genres) and unit embeddings (n_clips, d) (as
+        :meth:`predict`), and the track's probabilities (n_genres,) and unit embedding (d,)
+        float32: :func:`aggregate_clips` of its clips, or a pooled model's head on the pooled
+        features (:func:`genrecast.model.pool_clip_features`). The backbone runs once a clip."""
+        from genrecast.model import pool_clip_features
+
         if not tracks:
             return []
-        probs, embs = self.predict(np.concatenate(tracks))
+        clips = np.concatenate(tracks)
         bounds = np.cumsum([0, *(len(t) for t in tracks)])
-        return [(probs[a:b], embs[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+        if self._features is None:
+            probs, embs = self.predict(clips)
+            return [(probs[a:b], embs[a:b], *aggregate_clips(probs[a:b], embs[a:b])) for a, b in spans]
+        self._check(clips)
+        feats = self._batched(self._features, clips)[0]
+        clip_rows = np.concatenate([feats, np.zeros_like(feats)], axis=1)
+        rows = np.concatenate([clip_rows, np.stack([pool_clip_features(feats[a:b]) for a, b in spans])])
+        probs, embs = self._batched(self._infer, rows)
+        n = len(clips)
+        return [
+            (probs[a:b], embs[a:b], probs[n + i].astype(np.float32), embs[n + i].astype(np.float32))
+            for i, (a, b) in enumerate(spans)
+        ]
+
+    def predict_clips(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per track, in order: its clips' (probabilities (n_clips, n_genres), unit embeddings
+        (n_clips, d)) (see :meth:`predict_all`)."""
+        return [(p, e) for p, e, _tp, _te in self.predict_all(tracks)]
 
     def predict_tracks(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """As :meth:`predict_clips`, aggregated per track: (probabilities (n_genres,), unit
-        embedding (d,)) from :func:`aggregate_clips`."""
-        return [aggregate_clips(p, e) for p, e in self.predict_clips(tracks)]
+        """Per track, in order: (probabilities (n_genres,), unit embedding (d,)) (see :meth:`predict_all`)."""
+        return [(tp, te) for _p, _e, tp, te in self.predict_all(tracks)]
 
 
 _PREDICTORS: dict[str, Predictor] = {}
 
 
-def predictor_for(cfg: Config, model_id: str, genres: Sequence[str], threads: int | None = 1) -> Predictor:
+def predictor_for(
+    cfg: Config, model_id: str, genres: Sequence[str], threads: int | None = 1, head: str | None = None
+) -> Predictor:
     """The model ``model_id``, loaded from storage once per process (Spark reuses its Python
-    workers, so once per worker). Only the last model is kept: a worker scores one at a time."""
+    workers, so once per worker). Only the last model is kept: a worker scores one at a time.
+    ``head``: its ``training.head``, read from model.json when None (train's evaluation passes
+    it: the model is not published yet)."""
     key = registry.model_uri(cfg, model_id)
     if key not in _PREDICTORS:
         if threads:
             limit_tf_threads(threads)
+        if head is None:
+            head = registry.read_model_json(cfg, model_id).get("training", {}).get("head", "clip")
         _PREDICTORS.clear()
-        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres)
+        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres, head=head)
     return _PREDICTORS[key]
 
 
@@ -296,9 +360,8 @@ def score_partition(
             predictor = predictor_for(cfg, model_id, genres, threads)
             res.seconds["load"] += time.perf_counter() - t
         t = time.perf_counter()
-        predictions = predictor.predict_clips([clips for _task, _sha, clips in batch])
-        for (task, sha, clips), (clip_probs, clip_embs) in zip(batch, predictions, strict=True):
-            probs, emb = aggregate_clips(clip_probs, clip_embs)
+        predictions = predictor.predict_all([clips for _task, _sha, clips in batch])
+        for (task, sha, clips), (clip_probs, _clip_embs, probs, emb) in zip(batch, predictions, strict=True):
             best = int(np.argmax(probs))
             if timeline_tmp_prefix:
                 times = clip_times(samples.pop(task.track_id), cfg.audio)

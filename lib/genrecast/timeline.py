@@ -48,7 +48,8 @@ def clip_times(n_samples: int, audio: AudioConf) -> tuple[np.ndarray, np.ndarray
 class Timeline:
     """One track's clips on a time axis. ``probs`` (n_clips, n_genres) and ``embeddings``
     (n_clips, d, unit length) come from the model, in clip order; ``genre``/``probabilities``
-    are the track-level result (:func:`genrecast.score.aggregate_clips`)."""
+    are the track-level result (:meth:`genrecast.score.Predictor.predict_all`: the clips'
+    mean, or a pooled model's head on the track's pooled features)."""
 
     path: str  # as the user named it: a file, a URI or a track id
     genres: list[str]
@@ -56,7 +57,7 @@ class Timeline:
     end_s: np.ndarray  # (n_clips,)
     probs: np.ndarray  # (n_clips, n_genres) float32
     embeddings: np.ndarray  # (n_clips, d) float32
-    probabilities: np.ndarray  # (n_genres,) track mean
+    probabilities: np.ndarray  # (n_genres,) the track's
     embedding: np.ndarray  # (d,) unit track embedding
     duration_s: float
 

@@ -104,25 +104,34 @@ def _test_track_sums(
     """Executor: the test clips of one mel part file, a row group at a time (other rows' mels are
     not read), through the saved model - loaded once per Python worker
     (:func:`genrecast.score.predictor_for`), and only if the file holds a test clip -> per test
-    track, keyed for ``reduceByKey(_add)``: ``(clips, clips x mean probabilities (n_genres,)
-    float64, predicted-genre counts of its clips (n_genres,) int64)``."""
-    from genrecast.score import aggregate_clips, predictor_for
+    track, keyed for ``reduceByKey(_add)``: ``(clips, clips x track probabilities (n_genres,)
+    float64, predicted-genre counts of its clips (n_genres,) int64)``. A pooled model
+    (``train.head: pooled``) needs a track's clips together: its file's test clips are gathered
+    first (ingest writes a track into one file)."""
+    from genrecast.score import predictor_for
 
     predictor = None
     sums: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+
+    def add(clips: dict[str, list[np.ndarray]]) -> None:
+        order = list(clips)
+        predictions = predictor.predict_all([np.stack(clips[t]).astype(np.float32) for t in order])
+        for track_id, (probs, _embeddings, track_probs, _embedding) in zip(order, predictions, strict=True):
+            n = len(probs)
+            row = (n, track_probs.astype(np.float64) * n, np.bincount(probs.argmax(axis=1), minlength=len(genres)))
+            sums[track_id] = _add(sums[track_id], row) if track_id in sums else row
+
+    clips: dict[str, list[np.ndarray]] = {}
     for table in storage.iter_row_groups(uri, ["track_id", "mel"], where=("track_id", test_ids)):
         if predictor is None:
-            predictor = predictor_for(cfg, model_id, genres, threads)
-        clips: dict[str, list[np.ndarray]] = {}
+            predictor = predictor_for(cfg, model_id, genres, threads, head=cfg.train.head)
         for track_id, blob in zip(table.column("track_id").to_pylist(), table.column("mel").to_pylist(), strict=True):
             clips.setdefault(track_id, []).append(np.load(io.BytesIO(blob)))
-        order = list(clips)
-        predictions = predictor.predict_clips([np.stack(clips[t]).astype(np.float32) for t in order])
-        for track_id, (probs, embeddings) in zip(order, predictions, strict=True):
-            mean_probs, _embedding = aggregate_clips(probs, embeddings)
-            n = len(probs)
-            row = (n, mean_probs.astype(np.float64) * n, np.bincount(probs.argmax(axis=1), minlength=len(genres)))
-            sums[track_id] = _add(sums[track_id], row) if track_id in sums else row
+        if cfg.train.head == "clip":
+            add(clips)
+            clips = {}
+    if clips:
+        add(clips)
     yield from sums.items()
 
 
@@ -134,9 +143,10 @@ def _file_passes(spark: Any, files: list[str]) -> int:
 
 
 def val_shards(clips: dict[str, int], workers: int) -> list[list[str]]:
-    """Validation tracks (``track_id -> clips``) -> one sorted list per TF worker, balanced by
-    clips (largest track first onto the lightest shard). With fewer tracks than workers every
-    worker gets them all: a worker with nothing to read would wait forever on its endless reader."""
+    """Validation tracks - and a pooled head's train tracks - (``track_id -> clips``) -> one
+    sorted list per TF worker, balanced by clips (largest track first onto the lightest shard).
+    With fewer tracks than workers every worker gets them all: a worker with nothing to read
+    would wait forever on its endless reader."""
     if not clips:
         return [[] for _ in range(workers)]
     if len(clips) < workers:
@@ -315,10 +325,23 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     for t, n in track_clips.items():
         clips_per_split[assignment[t]] += n
     global_batch = cfg.train.batch_size
-    steps = max(1, math.ceil(clips_per_split[TRAIN] / global_batch))
     shards = val_shards({t: n for t, n in track_clips.items() if assignment[t] == VAL}, workers)
-    shard_clips = max(sum(track_clips[t] for t in shard) for shard in shards)
-    validation_steps = math.ceil(shard_clips / max(1, global_batch // workers))
+    pooled = cfg.train.head == "pooled"
+    # A pooled head trains on one row per track: each worker featurises whole tracks, its own
+    # (balanced by clips, the backbone's cost), and an epoch is one pass over the train tracks.
+    train_shards: list[list[str]] = []
+    if pooled:
+        train_shards = val_shards({t: n for t, n in track_clips.items() if assignment[t] == TRAIN}, workers)
+        steps = max(1, math.ceil(len(train_ids) / global_batch))
+        # Validation: one batch of a worker's whole shard (a smaller shard repeats a few rows),
+        # not global-batch-sized batches that would count most of ~20 tracks twice.
+        val_batch = max(len(shard) for shard in shards)
+        validation_steps = min(1, val_batch)
+    else:
+        steps = max(1, math.ceil(clips_per_split[TRAIN] / global_batch))
+        shard_clips = max(sum(track_clips[t] for t in shard) for shard in shards)
+        validation_steps = math.ceil(shard_clips / max(1, global_batch // workers))
+        val_batch = 0
     log.info(
         "train: clips train %d / val %d / test %d; %d workers, global batch %d, %d steps per epoch, "
         "%d validation steps",
@@ -349,6 +372,9 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "patience": cfg.train.patience,
         "embedding_dim": cfg.train.embedding_dim,
         "backbone": cfg.train.backbone,
+        "head": cfg.train.head,
+        "train_shards": train_shards,  # pooled head: per worker, its train tracks
+        "val_batch": val_batch,  # pooled head: validation rows per worker and step
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
         "train_genre_clips": [
             sum(n for t, n in track_clips.items() if assignment[t] == TRAIN and genre_of[t] == g) for g in genres
@@ -377,8 +403,10 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "train_clips_per_s_per_worker": chief["train_clips_per_s"],
         "input_pipeline_clips_per_s_per_worker": chief["pipeline_clips_per_s"],
         "params": chief["params"],
+        "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
         "augment": cfg.train.augment.model_dump(),
         "worker_peak_rss_mb": [r.get("peak_rss_mb") for r in results],
+        **({"feature_pass": [r["feature_pass"] for r in results]} if pooled else {}),
     }
     report_uri = write_report(cfg, model_id, metrics, chief["history"], genres)
     features_key = _features_key(cfg, tracks)

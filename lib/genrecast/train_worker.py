@@ -127,6 +127,64 @@ def val_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
     return _batches(reader, spec["genres"], per_replica_batch, augment=cfg.train.augment), reader
 
 
+def track_vectors(
+    cfg: Any, tracks: list[str], genres: list[str], features: Any, batch: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``train.head: pooled``: the clips of ``tracks`` streamed from Petastorm through the frozen
+    ``features`` (a callable (b, n_mels, frames) -> (b, F)), ``batch`` clips a call, then pooled
+    per track (:func:`genrecast.model.pool_clip_features`) -> (n_tracks, 2F) float32 rows in
+    ``tracks`` order, (n_tracks,) int32 labels, and the clips and seconds (reading, model). Holds
+    the shard's clip features (F floats a clip: 3.8 KB for musicnn), not its clips."""
+    from genrecast.model import pool_clip_features
+
+    index = {g: i for i, g in enumerate(genres)}
+    feats: dict[str, list[np.ndarray]] = {t: [] for t in tracks}
+    label: dict[str, int] = {}
+    stats = {"clips": 0, "read_s": 0.0, "model_s": 0.0}
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        t0 = time.perf_counter()
+        out = np.asarray(features(np.stack([m for _t, m in pending]).astype(np.float32)))
+        stats["model_s"] += time.perf_counter() - t0
+        for (track_id, _m), row in zip(pending, out, strict=True):
+            feats[track_id].append(row)
+        pending.clear()
+
+    if tracks:
+        with _reader(cfg, tracks, num_epochs=1, shuffle_row_groups=False, workers_count=2) as reader:
+            t0 = time.perf_counter()
+            for row in reader:
+                stats["read_s"] += time.perf_counter() - t0
+                pending.append((row.track_id, row.mel))
+                label[row.track_id] = index[row.genre]
+                stats["clips"] += 1
+                if len(pending) >= batch:
+                    flush()
+                t0 = time.perf_counter()
+    if pending:
+        flush()
+    missing = [t for t in tracks if not feats[t]]
+    if missing:
+        raise RuntimeError(f"no clips read for {len(missing)} track(s), e.g. {missing[0]}")
+    x = np.stack([pool_clip_features(np.stack(feats[t])) for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
+    return x, np.asarray([label[t] for t in tracks], np.int32), stats
+
+
+def vector_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None = None) -> Any:
+    """In-memory track rows -> endless tf.data (row, label) batches of ``batch`` (shuffled
+    every pass with ``seed``; ``None``: in order, for validation)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if seed is not None:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat().batch(batch, drop_remainder=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # shards are ours
+    return ds.with_options(options).prefetch(2)
+
+
 def peak_rss_mb() -> float | None:
     """This process's peak resident set (``VmHWM``), MiB; None off Linux."""
     try:
@@ -141,7 +199,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     from genrecast.config import Config
-    from genrecast.model import build_backbone_model, build_model, compile_model, keras, weights_digest
+    from genrecast.model import (
+        build_backbone_model,
+        build_model,
+        build_pooled_model,
+        compile_model,
+        keras,
+        pooled_parts,
+        weights_digest,
+    )
 
     rank, workers = spec["rank"], spec["workers"]
     threads = int(spec.get("threads", 1))
@@ -175,6 +241,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         return ds
 
     backbone = spec.get("backbone", "scratch")
+    pooled = spec.get("head", "clip") == "pooled"
     with strategy.scope():
         if backbone == "scratch":
             net = build_model(
@@ -185,13 +252,48 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 np.asarray(spec["band_std"]),
                 embedding_dim=spec["embedding_dim"],
             )
+        elif pooled:
+            net = build_pooled_model(
+                cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
+            )
         else:
             net = build_backbone_model(
                 cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
             )
         from genrecast.augment import needs_onehot
 
-        model = compile_model(net, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment))
+        # Pooled: only the nested head trains (on track rows); `model` is what is saved.
+        fit_model = compile_model(
+            pooled_parts(net)[1] if pooled else net, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment)
+        )
+        model = net
+    feature_pass: dict[str, float] = {}
+    if pooled:
+        # Frozen features, pooled per track, once: every epoch then reads the rows from memory.
+        features = pooled_parts(net)[0]
+        infer = tf.function(
+            lambda x: features(x, training=False),
+            input_signature=[tf.TensorSpec((None, cfg.audio.n_mels, cfg.audio.clip_frames), tf.float32)],
+        )
+        t0 = time.perf_counter()
+        x_train, y_train, feature_pass = track_vectors(cfg, spec["train_shards"][rank], spec["genres"], infer, 64)
+        x_val, y_val, val_pass = track_vectors(cfg, spec["val_shards"][rank], spec["genres"], infer, 64)
+        for key, value in val_pass.items():
+            feature_pass[key] += value
+        feature_pass["seconds"] = time.perf_counter() - t0
+        log(
+            rank,
+            f"pooled features of {len(x_train)} train / {len(x_val)} validation tracks "
+            f"({int(feature_pass['clips'])} clips) in {feature_pass['seconds']:.1f}s",
+        )
+
+        def dataset_fn(input_context: Any) -> Any:
+            batch = input_context.get_per_replica_batch_size(global_batch)
+            return vector_batches(x_train, y_train, batch, seed=spec["seed"] + rank)
+
+        def val_fn(_input_context: Any) -> Any:
+            return vector_batches(x_val, y_val, spec["val_batch"])
+
     if rank == 0:
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         log(rank, f"model {model.name}: {model.count_params():,} parameters, {trainable:,} trainable")
@@ -202,7 +304,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             secs = time.perf_counter() - self.t0
-            clips = spec["steps_per_epoch"] * per_replica
+            clips = spec["steps_per_epoch"] * per_replica  # tracks, for a pooled head
             logs = logs or {}
             if rank == 0:
                 log(
@@ -210,7 +312,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     f"epoch {epoch + 1}/{spec['epochs']}: loss {logs.get('loss', 0):.3f} "
                     f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', float('nan')):.3f} "
                     f"val_acc {logs.get('val_accuracy', float('nan')):.3f} {secs:.1f}s "
-                    f"({clips / secs:.0f} clips/s per worker)",
+                    f"({clips / secs:.0f} {'tracks' if pooled else 'clips'}/s per worker)",
                 )
             epoch_seconds.append(secs)
 
@@ -224,7 +326,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 monitor="val_accuracy", mode="max", patience=spec["patience"], restore_best_weights=True
             )
         )
-    history = model.fit(
+    history = fit_model.fit(
         k.utils.experimental.DatasetCreator(dataset_fn),
         epochs=spec["epochs"],
         steps_per_epoch=spec["steps_per_epoch"],
@@ -233,15 +335,21 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=callbacks,
         verbose=0,
     )
-    # Input pipeline alone, same batches: does it keep up with training?
-    probe_ds, probe_reader = train_dataset(cfg, spec, per_replica)
-    probe_batches = min(20, spec["steps_per_epoch"])
-    t0 = time.perf_counter()
-    for _ in probe_ds.take(probe_batches):
-        pass
-    pipeline_clips_per_s = probe_batches * per_replica / (time.perf_counter() - t0)
-    probe_reader.stop()
-    probe_reader.join()
+    train_seconds = float(sum(epoch_seconds))
+    if pooled:  # clips through the frozen backbone (the cost), per second of features + fit; reading alone
+        train_clips_per_s = feature_pass["clips"] / max(feature_pass["seconds"] + train_seconds, 1e-9)
+        pipeline_clips_per_s = feature_pass["clips"] / max(feature_pass["read_s"], 1e-9)
+    else:
+        train_clips_per_s = spec["steps_per_epoch"] * per_replica * len(epoch_seconds) / max(train_seconds, 1e-9)
+        # Input pipeline alone, same batches: does it keep up with training?
+        probe_ds, probe_reader = train_dataset(cfg, spec, per_replica)
+        probe_batches = min(20, spec["steps_per_epoch"])
+        t0 = time.perf_counter()
+        for _ in probe_ds.take(probe_batches):
+            pass
+        pipeline_clips_per_s = probe_batches * per_replica / (time.perf_counter() - t0)
+        probe_reader.stop()
+        probe_reader.join()
 
     out_dir = spec["out_dir"] if rank == 0 else os.path.join(spec["scratch_dir"], f"worker{rank}")
     os.makedirs(out_dir, exist_ok=True)
@@ -249,17 +357,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     for reader in readers:
         reader.stop()
         reader.join()
-    train_seconds = float(sum(epoch_seconds))
     return {
         "rank": rank,
         "weights_sha256": weights_digest(model),
         "epochs_run": len(epoch_seconds),
         "history": {key: [float(v) for v in vals] for key, vals in history.history.items()},
         "epoch_seconds": epoch_seconds,
-        "train_clips_per_s": spec["steps_per_epoch"] * per_replica * len(epoch_seconds) / max(train_seconds, 1e-9),
+        "train_clips_per_s": train_clips_per_s,
         "pipeline_clips_per_s": pipeline_clips_per_s,
         "params": int(model.count_params()),
         "peak_rss_mb": peak_rss_mb(),
+        "feature_pass": feature_pass,  # pooled head: clips, read_s, model_s, seconds; {} otherwise
     }
 
 
