@@ -37,11 +37,11 @@ from genrecast.plan_frames import (
     MANIFEST_DDL,
     SHUFFLE_PARTITIONS,
     PlanCounts,
-    _parquet_rows,
     frame_of_files,
     listing_frame,
     manifest_entry,
     manifest_frame,
+    parquet_rows,
     plan_counts,
     plan_partitions,
     rejected_shas_frame,
@@ -95,7 +95,7 @@ def stage_labels(spark: Any, storage: Storage, uri: str, genres: list[str], tmp:
         spark.sparkContext.parallelize([0], 1).map(lambda _: _parse_labels(storage, uri, genres, out)).collect()[0]
     )
     files = [out] if n else []
-    frame = frame_of_files(spark, files, lambda _n, f: _parquet_rows(storage, f, ["track_id", "genre"]), LABELS_DDL)
+    frame = frame_of_files(spark, files, lambda _n, f: parquet_rows(storage, f, ["track_id", "genre"]), LABELS_DDL)
     return StagedLabels(frame, rejects, error)
 
 

@@ -57,7 +57,7 @@ def frame_of_files(spark: Any, files: list[str], read_rows: Callable[[int, str],
     return spark.createDataFrame(rdd, ddl)
 
 
-def _parquet_rows(storage: Storage, f: str, columns: list[str]) -> Iterator[tuple]:
+def parquet_rows(storage: Storage, f: str, columns: list[str]) -> Iterator[tuple]:
     table = storage.read_parquet(f, columns=columns)
     return zip(*(table.column(c).to_pylist() for c in columns), strict=True)
 
@@ -106,7 +106,7 @@ def listing_frame(spark: Any, storage: Storage, parts: list[str]) -> tuple[Any, 
     from pyspark.sql import functions as F
 
     names = ["track_id", "uri", "size", "version", "seq"]
-    raw = frame_of_files(spark, parts, lambda _n, f: _parquet_rows(storage, f, names), LISTING_DDL)
+    raw = frame_of_files(spark, parts, lambda _n, f: parquet_rows(storage, f, names), LISTING_DDL)
     w = Window.partitionBy("track_id").orderBy("seq")
     ranked = raw.withColumn("rank", F.row_number().over(w)).withColumn("first_uri", F.first("uri").over(w))
     ranked = ranked.persist()
