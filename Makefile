@@ -39,7 +39,7 @@ bench-decode-memory: setup
 
 # SIZES=10000,100000 for a quicker run (default 10k, 100k, 1M simulated tracks; ~5 min on 2 cores).
 # SPARK_PLAN: sizes of the ingest- and score-planning steps from simulated files, driver lists vs Spark
-# (default 10k, 100k: ingest 3.7 min + score ~3 min measured on 2 loaded cores; 1M took ~24 + ~12 min more and
+# (default 10k, 100k: ingest 3.7 min + score ~4 min measured on 2 loaded cores; 1M took ~24 + ~14 min more and
 # writes ~1M empty files).
 SPARK_PLAN ?= 10000,100000
 bench-scale: setup
