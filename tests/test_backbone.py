@@ -176,3 +176,22 @@ def test_config_refuses_a_backbone_the_audio_does_not_fit(tmp_path):
     profile = "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
     conf.write_text(profile + "train: {backbone: musicnn-msd}\n")
     assert load_config(conf, environ={}).train.backbone == "musicnn-msd"
+
+
+@pytest.mark.parametrize(
+    ("n_clips", "pool_clips", "want"),
+    [
+        (10, 0, list(range(10))),  # 0: every clip
+        (10, 3, [1, 5, 8]),  # the centre of each third: not the intro (0) nor the fade (9)
+        (10, 1, [5]),
+        (4, 4, [0, 1, 2, 3]),  # not more clips than the track has
+        (2, 5, [0, 1]),
+        (100, 4, [12, 37, 62, 87]),
+    ],
+)
+def test_pool_indices_pick_evenly_spread_clips(n_clips, pool_clips, want):
+    from genrecast.model import pool_indices
+
+    got = pool_indices(n_clips, pool_clips)
+    assert list(got) == want
+    assert len(set(got)) == len(got) and all(0 <= i < n_clips for i in got)

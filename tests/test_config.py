@@ -50,6 +50,8 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
         ("storage: {root: 'ftp://x/y'}\n", {}, "unsupported URI scheme"),
         ("train: {head: pooled}\n", {}, "key 'train.head': pooled needs a pretrained train.backbone"),
         ("train: {head: track}\n", {}, "key 'train.head'"),
+        ("train: {pool_clips: 3}\n", {}, "key 'train.pool_clips': only used with train.head pooled"),
+        ("train: {pool_clips: -1}\n", {}, "key 'train.pool_clips'"),
         (
             "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
             "train: {backbone: vgg-msd, head: pooled, augment: {use: [gain]}}\n",

@@ -148,9 +148,10 @@ def test_backbone_head_trains_distributed_and_scores(tmp_path, spark):
 def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     """``train.head: pooled``: the head trains on per-track mean + std of the frozen backbone's
     clip features, in the same barrier + MultiWorkerMirroredStrategy path; model.json records the
-    head, and the Predictor scores a track with the head applied to its pooled features."""
+    head and ``pool_clips``, and the Predictor scores a track with the head applied to the pooled
+    features of the clips training pooled (here 1 of each track's 3: the middle one)."""
     from genrecast import backbone
-    from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pooled_parts
+    from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pool_indices, pooled_parts
     from genrecast.notebook_helpers import predict_test_split
     from genrecast.score import Predictor, predictor_for
     from genrecast.train_worker import load_clips
@@ -161,13 +162,13 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
         "genres: [low, high, noise]\n"
         "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
         "train: {epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " head: pooled, learning_rate: 0.01}\n",
+        " head: pooled, pool_clips: 1, learning_rate: 0.01}\n",
     )
     assert run_ingest(cfg, spark).tracks_ok == 18
     result = run_train(cfg, spark)
     assert len({w["weights_sha256"] for w in result.workers}) == 1
     meta = registry.read_model_json(cfg, result.model_id)
-    assert meta["training"]["head"] == "pooled"
+    assert meta["training"]["head"] == "pooled" and meta["training"]["pool_clips"] == 1
     model, _ = registry.load_model(cfg, result.model_id)
     fresh = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
     for before, after in zip(fresh.get_weights(), model.get_layer("backbone").get_weights(), strict=True):
@@ -181,22 +182,38 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     assert sum(p["clips"] for p in passes) == sum(split[t] != "test" for t in ids), passes
     tracks = sorted(set(ids))
     clips = [x[[i for i, t in enumerate(ids) if t == track]] for track in tracks]
-    predictor = predictor_for(cfg, result.model_id, meta["genres"])  # the head from model.json
-    assert predictor.head == "pooled"
+    assert {len(c) for c in clips} == {3} and list(pool_indices(3, 1)) == [1]
+    predictor = predictor_for(cfg, result.model_id, meta["genres"])  # head and pool_clips from model.json
+    assert predictor.head == "pooled" and predictor.pool_clips == 1
+    seen: list[int] = []  # clips through the backbone
+    backbone_pass = predictor._features
+    predictor._features = lambda batch: (seen.append(len(batch)), backbone_pass(batch))[1]
     got = predictor.predict_tracks(clips)
-    assert len(got) == len(tracks)
+    assert len(got) == len(tracks) and sum(seen) == len(tracks)  # only the pooled clip of each track
     features, head = pooled_parts(model)
-    pooled = np.stack([pool_clip_features(features(c, training=False).numpy()) for c in clips])
-    want_probs, want_emb = (o.numpy() for o in inference_model(head)(pooled, training=False))
+    picked = np.stack([pool_clip_features(features(c[1:2], training=False).numpy()) for c in clips])
+    want_probs, want_emb = (o.numpy() for o in inference_model(head)(picked, training=False))
     np.testing.assert_allclose(np.stack([p for p, _e in got]), want_probs, atol=1e-5)
     np.testing.assert_allclose(np.stack([e for _p, e in got]), want_emb, atol=1e-5)
-    # The whole model called on one track's clips pools in its graph (TrackPool) to the same row.
-    np.testing.assert_allclose(model(clips[0], training=False).numpy()[0], got[0][0], atol=1e-5)
+    # With clip outputs every clip goes through the backbone; the track row is the same.
+    seen.clear()
+    full = predictor.predict_all(clips)
+    assert sum(seen) == len(ids) and [len(p) for p, _e, _tp, _te in full] == [3] * len(tracks)
+    np.testing.assert_allclose(np.stack([tp for _p, _e, tp, _te in full]), want_probs, atol=1e-5)
+    # pool_clips 0: every clip pooled, as the whole model does in its graph (TrackPool).
+    every = Predictor(model, meta["genres"], head="pooled").predict_tracks(clips)
+    pooled = np.stack([pool_clip_features(features(c, training=False).numpy()) for c in clips])
+    np.testing.assert_allclose(
+        np.stack([p for p, _e in every]), inference_model(head)(pooled, training=False)[0].numpy(), atol=1e-5
+    )
+    np.testing.assert_allclose(model(clips[0], training=False).numpy()[0], every[0][0], atol=1e-5)
     # Clip-level outputs: one row per clip (each clip as a one-clip track).
     clip_probs, clip_embs = predictor.predict(clips[0])
     assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 16)
     with pytest.raises(JobError, match="training.head is 'clip' but the model has a track_pool layer"):
         Predictor(model, meta["genres"], head="clip")
+    with pytest.raises(JobError, match="training.pool_clips is 2 for a 'clip' head"):
+        Predictor(registry.load_model(cfg, result.model_id)[0], meta["genres"], head="clip", pool_clips=2)
     # The notebooks' test-split helper scores as the train job's evaluation did.
     preds = predict_test_split(cfg, result.model_id)
     assert float(preds.tracks["correct"].mean()) == pytest.approx(result.metrics["cnn_track"]["accuracy"])

@@ -150,6 +150,10 @@ class TrainConf(_Section):
     # clips; "pooled": the head classifies a track from the mean + std of its clips' frozen
     # backbone features (genrecast.model.build_pooled_model).
     head: Literal["clip", "pooled"] = "clip"
+    # Pooled head only: pool at most this many clips per track, evenly spread
+    # (genrecast.model.pool_indices), in training and scoring alike; 0 = every clip. The
+    # backbone's forward pass is the scoring cost, so this bounds a track's cost whatever its length.
+    pool_clips: int = Field(0, ge=0)
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
@@ -312,6 +316,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         problem = profile_mismatch(cfg.audio, cfg.train.backbone)
         if problem:
             raise ConfigError(f"{file}: key 'train.backbone': {problem}")
+    if cfg.train.pool_clips and cfg.train.head != "pooled":
+        raise ConfigError(f"{file}: key 'train.pool_clips': only used with train.head pooled (set it to 0)")
     if cfg.train.head == "pooled":
         if cfg.train.backbone == "scratch":
             raise ConfigError(f"{file}: key 'train.head': pooled needs a pretrained train.backbone, not scratch")

@@ -166,6 +166,16 @@ def pool_clip_features(feats: np.ndarray) -> np.ndarray:
     return np.concatenate([f.mean(axis=0), f.std(axis=0)]).astype(np.float32)
 
 
+def pool_indices(n_clips: int, pool_clips: int) -> np.ndarray:
+    """Which of a track's ``n_clips`` clips (in time order) a pooled head pools: all when
+    ``pool_clips`` is 0 or not below ``n_clips``, else the clip at the centre of each of
+    ``pool_clips`` equal stretches of the track (centres, not ends: intros and fades are the
+    least typical clips). Training and scoring use the same clips (``train.pool_clips``)."""
+    if pool_clips <= 0 or n_clips <= pool_clips:
+        return np.arange(n_clips)
+    return ((np.arange(pool_clips) + 0.5) * n_clips / pool_clips).astype(np.int64)
+
+
 def pooled_parts(model: Any) -> tuple[Any, Any]:
     """A pooled model (:func:`build_pooled_model`) -> (clip features model: (n, n_mels, frames)
     dB -> (n, F), its ``head``: (m, 2F) pooled rows -> (m, n_genres)), sharing its weights."""

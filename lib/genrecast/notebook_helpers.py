@@ -232,7 +232,8 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     rows: dict[str, list[int]] = {t: [] for t in order}
     for i, t in enumerate(clip_tracks):
         rows[t].append(i)
-    predictor = Predictor(model, genres, head=meta.get("training", {}).get("head", "clip"))
+    training = meta.get("training", {})
+    predictor = Predictor(model, genres, head=training.get("head", "clip"), pool_clips=training.get("pool_clips", 0))
     predictions = predictor.predict_all([x[rows[t]] for t in order])
     probs = np.zeros((len(x), len(genres)), np.float32)
     for t, (clip_probs, _e, _tp, _te) in zip(order, predictions, strict=True):

@@ -173,20 +173,29 @@ class Predictor:
     head classifies a track from the mean + std of its clips' backbone features
     (:func:`genrecast.model.build_pooled_model`). A pooled model's per-clip outputs (timelines,
     clip metrics) treat each clip as a one-clip track (std 0): a rough local view, outside what
-    its head was trained on; the track's genre and embedding come from the pooled row."""
+    its head was trained on; the track's genre and embedding come from the pooled row.
+    ``pool_clips`` (``training.pool_clips``, pooled only): the track row pools the clips
+    :func:`genrecast.model.pool_indices` picks, as in training; 0 = all."""
 
     def __init__(
-        self, keras_model: Any, genres: Sequence[str], batch_clips: int = BATCH_CLIPS, head: str = "clip"
+        self,
+        keras_model: Any,
+        genres: Sequence[str],
+        batch_clips: int = BATCH_CLIPS,
+        head: str = "clip",
+        pool_clips: int = 0,
     ) -> None:
         import tensorflow as tf
 
         from genrecast.model import TRACK_POOL_LAYER, inference_model, pooled_parts
 
+        if pool_clips and head != "pooled":
+            raise JobError(f"model.json training.pool_clips is {pool_clips} for a {head!r} head (pooled only)")
         has_pool = any(layer.name == TRACK_POOL_LAYER for layer in keras_model.layers)
         if head not in ("clip", "pooled") or has_pool != (head == "pooled"):
             raise JobError(f"model.json training.head is {head!r} but the model {'has' if has_pool else 'lacks'} "
                            f"a {TRACK_POOL_LAYER} layer")
-        self.head = head
+        self.head, self.pool_clips = head, pool_clips
         if head == "pooled":
             features, head_model = pooled_parts(keras_model)
             infer = inference_model(head_model)
@@ -232,31 +241,48 @@ class Predictor:
         return probs, embs
 
     def predict_all(
-        self, tracks: Sequence[np.ndarray]
+        self, tracks: Sequence[np.ndarray], clip_outputs: bool = True
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Clips of several tracks, batched across track boundaries -> per track, in order: its
         clips' probabilities (n_clips, n_genres) and unit embeddings (n_clips, d) (as
         :meth:`predict`), and the track's probabilities (n_genres,) and unit embedding (d,)
         float32: :func:`aggregate_clips` of its clips, or a pooled model's head on the pooled
-        features (:func:`genrecast.model.pool_clip_features`). The backbone runs once a clip."""
-        from genrecast.model import pool_clip_features
+        features (:func:`genrecast.model.pool_clip_features`). The backbone runs once a clip.
+
+        ``clip_outputs=False`` (callers that keep only the track row): a pooled model with
+        ``pool_clips`` runs the backbone on the pooled clips only - the saving the option is
+        for - and returns empty clip arrays (0, n_genres) and (0, d) for every model."""
+        from genrecast.model import pool_clip_features, pool_indices
 
         if not tracks:
             return []
+        if self._features is None:
+            clips = np.concatenate(tracks)
+            bounds = np.cumsum([0, *(len(t) for t in tracks)])
+            probs, embs = self.predict(clips)
+            spans = zip(bounds[:-1], bounds[1:], strict=True)
+            out = [(probs[a:b], embs[a:b], *aggregate_clips(probs[a:b], embs[a:b])) for a, b in spans]
+            return out if clip_outputs else [(p[:0], e[:0], tp, te) for p, e, tp, te in out]
+        picks = [pool_indices(len(t), self.pool_clips) for t in tracks]
+        if not clip_outputs:  # only the pooled clips go through the backbone
+            tracks, picks = [t[p] for t, p in zip(tracks, picks, strict=True)], [np.arange(len(p)) for p in picks]
         clips = np.concatenate(tracks)
+        self._check(clips)
         bounds = np.cumsum([0, *(len(t) for t in tracks)])
         spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-        if self._features is None:
-            probs, embs = self.predict(clips)
-            return [(probs[a:b], embs[a:b], *aggregate_clips(probs[a:b], embs[a:b])) for a, b in spans]
-        self._check(clips)
         feats = self._batched(self._features, clips)[0]
-        clip_rows = np.concatenate([feats, np.zeros_like(feats)], axis=1)
-        rows = np.concatenate([clip_rows, np.stack([pool_clip_features(feats[a:b]) for a, b in spans])])
-        probs, embs = self._batched(self._infer, rows)
-        n = len(clips)
+        pooled = np.stack([pool_clip_features(feats[a:b][p]) for (a, b), p in zip(spans, picks, strict=True)])
+        # Each clip as a one-clip track (std 0), then the pooled rows: one pass of the head.
+        rows = [np.concatenate([feats, np.zeros_like(feats)], axis=1), pooled] if clip_outputs else [pooled]
+        probs, embs = self._batched(self._infer, np.concatenate(rows))
+        n = len(clips) if clip_outputs else 0
         return [
-            (probs[a:b], embs[a:b], probs[n + i].astype(np.float32), embs[n + i].astype(np.float32))
+            (
+                probs[a:b] if clip_outputs else probs[:0],
+                embs[a:b] if clip_outputs else embs[:0],
+                probs[n + i].astype(np.float32),
+                embs[n + i].astype(np.float32),
+            )
             for i, (a, b) in enumerate(spans)
         ]
 
@@ -267,27 +293,36 @@ class Predictor:
 
     def predict_tracks(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per track, in order: (probabilities (n_genres,), unit embedding (d,)) (see :meth:`predict_all`)."""
-        return [(tp, te) for _p, _e, tp, te in self.predict_all(tracks)]
+        return [(tp, te) for _p, _e, tp, te in self.predict_all(tracks, clip_outputs=False)]
 
 
 _PREDICTORS: dict[str, Predictor] = {}
 
 
 def predictor_for(
-    cfg: Config, model_id: str, genres: Sequence[str], threads: int | None = 1, head: str | None = None
+    cfg: Config,
+    model_id: str,
+    genres: Sequence[str],
+    threads: int | None = 1,
+    head: str | None = None,
+    pool_clips: int = 0,
 ) -> Predictor:
     """The model ``model_id``, loaded from storage once per process (Spark reuses its Python
     workers, so once per worker). Only the last model is kept: a worker scores one at a time.
-    ``head``: its ``training.head``, read from model.json when None (train's evaluation passes
-    it: the model is not published yet)."""
+    ``head``, ``pool_clips``: its ``training.head`` and ``training.pool_clips``, read from
+    model.json when ``head`` is None (train's evaluation passes them: the model is not published
+    yet)."""
     key = registry.model_uri(cfg, model_id)
     if key not in _PREDICTORS:
         if threads:
             limit_tf_threads(threads)
         if head is None:
-            head = registry.read_model_json(cfg, model_id).get("training", {}).get("head", "clip")
+            training = registry.read_model_json(cfg, model_id).get("training", {})
+            head, pool_clips = training.get("head", "clip"), int(training.get("pool_clips", 0))
         _PREDICTORS.clear()
-        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres, head=head)
+        _PREDICTORS[key] = Predictor(
+            registry.load_keras_file(cfg, model_id), genres, head=head, pool_clips=pool_clips
+        )
     return _PREDICTORS[key]
 
 
@@ -360,7 +395,8 @@ def score_partition(
             predictor = predictor_for(cfg, model_id, genres, threads)
             res.seconds["load"] += time.perf_counter() - t
         t = time.perf_counter()
-        predictions = predictor.predict_all([clips for _task, _sha, clips in batch])
+        # Clip rows only for the timelines: without them a pooled model runs only its pooled clips.
+        predictions = predictor.predict_all([clips for _task, _sha, clips in batch], bool(timeline_tmp_prefix))
         for (task, sha, clips), (clip_probs, _clip_embs, probs, emb) in zip(batch, predictions, strict=True):
             best = int(np.argmax(probs))
             if timeline_tmp_prefix:

@@ -107,26 +107,30 @@ def _test_track_sums(
     track, keyed for ``reduceByKey(_add)``: ``(clips, clips x track probabilities (n_genres,)
     float64, predicted-genre counts of its clips (n_genres,) int64)``. A pooled model
     (``train.head: pooled``) needs a track's clips together: its file's test clips are gathered
-    first (ingest writes a track into one file)."""
+    first (ingest writes a track into one file), in time order (``train.pool_clips`` picks by it)."""
     from genrecast.score import predictor_for
 
     predictor = None
     sums: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
 
-    def add(clips: dict[str, list[np.ndarray]]) -> None:
+    def add(clips: dict[str, list[tuple[int, np.ndarray]]]) -> None:
         order = list(clips)
-        predictions = predictor.predict_all([np.stack(clips[t]).astype(np.float32) for t in order])
+        tracks = [np.stack([m for _i, m in sorted(clips[t], key=lambda c: c[0])]).astype(np.float32) for t in order]
+        predictions = predictor.predict_all(tracks)
         for track_id, (probs, _embeddings, track_probs, _embedding) in zip(order, predictions, strict=True):
             n = len(probs)
             row = (n, track_probs.astype(np.float64) * n, np.bincount(probs.argmax(axis=1), minlength=len(genres)))
             sums[track_id] = _add(sums[track_id], row) if track_id in sums else row
 
-    clips: dict[str, list[np.ndarray]] = {}
-    for table in storage.iter_row_groups(uri, ["track_id", "mel"], where=("track_id", test_ids)):
+    clips: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for table in storage.iter_row_groups(uri, ["track_id", "clip_index", "mel"], where=("track_id", test_ids)):
         if predictor is None:
-            predictor = predictor_for(cfg, model_id, genres, threads, head=cfg.train.head)
-        for track_id, blob in zip(table.column("track_id").to_pylist(), table.column("mel").to_pylist(), strict=True):
-            clips.setdefault(track_id, []).append(np.load(io.BytesIO(blob)))
+            predictor = predictor_for(
+                cfg, model_id, genres, threads, head=cfg.train.head, pool_clips=cfg.train.pool_clips
+            )
+        columns = (table.column(c).to_pylist() for c in ("track_id", "clip_index", "mel"))
+        for track_id, clip, blob in zip(*columns, strict=True):
+            clips.setdefault(track_id, []).append((clip, np.load(io.BytesIO(blob))))
         if cfg.train.head == "clip":
             add(clips)
             clips = {}
@@ -373,6 +377,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "embedding_dim": cfg.train.embedding_dim,
         "backbone": cfg.train.backbone,
         "head": cfg.train.head,
+        "pool_clips": cfg.train.pool_clips,
         "train_shards": train_shards,  # pooled head: per worker, its train tracks
         "val_batch": val_batch,  # pooled head: validation rows per worker and step
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
@@ -404,6 +409,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "input_pipeline_clips_per_s_per_worker": chief["pipeline_clips_per_s"],
         "params": chief["params"],
         "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
+        "pool_clips": cfg.train.pool_clips,  # and, for a pooled head, the clips it pools
         "augment": cfg.train.augment.model_dump(),
         "worker_peak_rss_mb": [r.get("peak_rss_mb") for r in results],
         **({"feature_pass": [r["feature_pass"] for r in results]} if pooled else {}),

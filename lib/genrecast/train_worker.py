@@ -28,31 +28,30 @@ def log(rank: int, msg: str) -> None:
     print(f"[train worker {rank}] {msg}", file=sys.stderr, flush=True)
 
 
-def _reader(cfg: Any, tracks: list[str], **kwargs: Any) -> Any:
+def _reader(cfg: Any, tracks: list[str], fields: list[str] | None = None, **kwargs: Any) -> Any:
     from petastorm.predicates import in_set
 
     from genrecast.dataset import make_mel_reader
 
-    return make_mel_reader(
-        cfg, schema_fields=["track_id", "genre", "mel"], predicate=in_set(set(tracks), "track_id"), **kwargs
-    )
+    fields = fields or ["track_id", "genre", "mel"]
+    return make_mel_reader(cfg, schema_fields=fields, predicate=in_set(set(tracks), "track_id"), **kwargs)
 
 
 def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids.
+    """All clips of ``tracks`` in memory: (n, n_mels, frames) float32, (n,) int32 labels, track ids,
+    ordered by track id, then time (clip index).
 
     Not used by training (streamed): for notebooks, benches and tests on a few tracks."""
     index = {g: i for i, g in enumerate(genres)}
-    xs, ys, ids = [], [], []
+    rows = []
     if tracks:
-        with _reader(cfg, tracks, num_epochs=1, shuffle_row_groups=False, workers_count=2) as reader:
-            for row in reader:
-                xs.append(row.mel)
-                ys.append(index[row.genre])
-                ids.append(row.track_id)
-    if not xs:
+        fields = ["track_id", "clip_index", "genre", "mel"]
+        with _reader(cfg, tracks, fields, num_epochs=1, shuffle_row_groups=False, workers_count=2) as reader:
+            rows = sorted(((r.track_id, int(r.clip_index)), r.mel, index[r.genre]) for r in reader)
+    if not rows:
         return np.zeros((0, cfg.audio.n_mels, cfg.audio.clip_frames), np.float32), np.zeros(0, np.int32), []
-    return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32), ids
+    xs = np.stack([mel for _key, mel, _y in rows]).astype(np.float32)
+    return xs, np.asarray([y for _k, _m, y in rows], np.int32), [key[0] for key, _m, _y in rows]
 
 
 def _batches(
@@ -128,35 +127,38 @@ def val_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
 
 
 def track_vectors(
-    cfg: Any, tracks: list[str], genres: list[str], features: Any, batch: int
+    cfg: Any, tracks: list[str], genres: list[str], features: Any, batch: int, pool_clips: int = 0
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``train.head: pooled``: the clips of ``tracks`` streamed from Petastorm through the frozen
     ``features`` (a callable (b, n_mels, frames) -> (b, F)), ``batch`` clips a call, then pooled
-    per track (:func:`genrecast.model.pool_clip_features`) -> (n_tracks, 2F) float32 rows in
-    ``tracks`` order, (n_tracks,) int32 labels, and the clips and seconds (reading, model). Holds
-    the shard's clip features (F floats a clip: 3.8 KB for musicnn), not its clips."""
-    from genrecast.model import pool_clip_features
+    per track over the clips :func:`genrecast.model.pool_indices` picks (``train.pool_clips``; 0:
+    all) -> (n_tracks, 2F) float32 rows in ``tracks`` order, (n_tracks,) int32 labels, and the
+    clips and seconds (reading, model). Holds the shard's clip features (F floats a clip: 3.8 KB
+    for musicnn), not its clips. Every clip is featurised: a track's clip count is known only once
+    it is read."""
+    from genrecast.model import pool_clip_features, pool_indices
 
     index = {g: i for i, g in enumerate(genres)}
-    feats: dict[str, list[np.ndarray]] = {t: [] for t in tracks}
+    feats: dict[str, list[tuple[int, np.ndarray]]] = {t: [] for t in tracks}
     label: dict[str, int] = {}
     stats = {"clips": 0, "read_s": 0.0, "model_s": 0.0}
-    pending: list[tuple[str, np.ndarray]] = []
+    pending: list[tuple[str, int, np.ndarray]] = []
 
     def flush() -> None:
         t0 = time.perf_counter()
-        out = np.asarray(features(np.stack([m for _t, m in pending]).astype(np.float32)))
+        out = np.asarray(features(np.stack([m for _t, _i, m in pending]).astype(np.float32)))
         stats["model_s"] += time.perf_counter() - t0
-        for (track_id, _m), row in zip(pending, out, strict=True):
-            feats[track_id].append(row)
+        for (track_id, clip, _m), row in zip(pending, out, strict=True):
+            feats[track_id].append((clip, row))
         pending.clear()
 
     if tracks:
-        with _reader(cfg, tracks, num_epochs=1, shuffle_row_groups=False, workers_count=2) as reader:
+        fields = ["track_id", "clip_index", "genre", "mel"]
+        with _reader(cfg, tracks, fields, num_epochs=1, shuffle_row_groups=False, workers_count=2) as reader:
             t0 = time.perf_counter()
             for row in reader:
                 stats["read_s"] += time.perf_counter() - t0
-                pending.append((row.track_id, row.mel))
+                pending.append((row.track_id, int(row.clip_index), row.mel))
                 label[row.track_id] = index[row.genre]
                 stats["clips"] += 1
                 if len(pending) >= batch:
@@ -167,7 +169,12 @@ def track_vectors(
     missing = [t for t in tracks if not feats[t]]
     if missing:
         raise RuntimeError(f"no clips read for {len(missing)} track(s), e.g. {missing[0]}")
-    x = np.stack([pool_clip_features(np.stack(feats[t])) for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
+
+    def pooled(track_id: str) -> np.ndarray:
+        rows = np.stack([row for _i, row in sorted(feats[track_id], key=lambda item: item[0])])
+        return pool_clip_features(rows[pool_indices(len(rows), pool_clips)])
+
+    x = np.stack([pooled(t) for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
     return x, np.asarray([label[t] for t in tracks], np.int32), stats
 
 
@@ -276,8 +283,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             input_signature=[tf.TensorSpec((None, cfg.audio.n_mels, cfg.audio.clip_frames), tf.float32)],
         )
         t0 = time.perf_counter()
-        x_train, y_train, feature_pass = track_vectors(cfg, spec["train_shards"][rank], spec["genres"], infer, 64)
-        x_val, y_val, val_pass = track_vectors(cfg, spec["val_shards"][rank], spec["genres"], infer, 64)
+        x_train, y_train, feature_pass = track_vectors(
+            cfg, spec["train_shards"][rank], spec["genres"], infer, 64, spec.get("pool_clips", 0)
+        )
+        x_val, y_val, val_pass = track_vectors(
+            cfg, spec["val_shards"][rank], spec["genres"], infer, 64, spec.get("pool_clips", 0)
+        )
         for key, value in val_pass.items():
             feature_pass[key] += value
         feature_pass["seconds"] = time.perf_counter() - t0
