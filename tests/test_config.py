@@ -20,6 +20,21 @@ def test_local_yaml_loads_with_contract_defaults(monkeypatch):
     assert cfg.genres == DEFAULT_GENRES
 
 
+def test_backbone_yaml_is_the_local_default_with_the_backbone_profile(monkeypatch):
+    """conf/backbone.yaml: the pooled musicnn head on local folders, its audio fitting the backbone."""
+    monkeypatch.chdir(REPO)
+    local = load_config(REPO / "conf" / "local.yaml", environ={})
+    cfg = load_config(REPO / "conf" / "backbone.yaml", environ={})  # validation checks the profile
+    assert (cfg.train.backbone, cfg.train.head, cfg.train.pool_clips) == ("musicnn-msd", "pooled", 3)
+    assert cfg.storage.root == str(REPO / "data" / "genrecast-backbone") != local.storage.root
+    assert cfg.catalogue == local.catalogue and cfg.genres == local.genres
+    differ = {"storage", "audio", "train"}
+    assert cfg.model_dump(exclude=differ) == local.model_dump(exclude=differ)
+    assert cfg.train.model_dump(exclude={"backbone", "head", "pool_clips"}) == local.train.model_dump(
+        exclude={"backbone", "head", "pool_clips"}
+    )
+
+
 def test_env_overrides_parse_yaml_scalars(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("train: {epochs: 3}\n")
