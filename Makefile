@@ -66,4 +66,4 @@ notebooks: setup
 	@bash scripts/notebooks.sh $(CONF)
 
 clean:
-	rm -rf data/genrecast bench/out
+	rm -rf data/genrecast data/genrecast-backbone bench/out

@@ -12,7 +12,7 @@ $G demo-catalogue --conf "$CONF"
 stage "2/5 ingest: catalogue -> Spark -> Petastorm mel dataset"
 $G ingest --conf "$CONF"
 
-stage "3/5 train: 2 Spark barrier tasks -> MultiWorkerMirroredStrategy CNN"
+stage "3/5 train: 2 Spark barrier tasks -> MultiWorkerMirroredStrategy (the CNN, or train.backbone's head)"
 $G train --conf "$CONF"
 
 stage "4/5 score: genre, probabilities and embedding per track (nightly: only tracks this model has not scored)"
@@ -30,4 +30,5 @@ file=$(find data/catalogue/audio/jazz -type f | sort | head -1)
 $G similar --conf "$CONF" --audio "$file" -k 5
 $G classify --conf "$CONF" "$file"
 
-stage "done: outputs under data/genrecast (datasets/, models/, scores/, neighbours/, rejects/); make notebooks to explore them"
+root=$(.venv/bin/python -c 'import sys; from genrecast.config import load_config; print(load_config(sys.argv[1]).storage.root)' "$CONF")
+stage "done: outputs under $root (datasets/, models/, scores/, neighbours/, rejects/); make notebooks CONF=$CONF to explore them"

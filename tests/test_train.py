@@ -151,9 +151,10 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     head and ``pool_clips``, and the Predictor scores a track with the head applied to the pooled
     features of the clips training pooled (here 1 of each track's 3: the middle one)."""
     from genrecast import backbone
+    from genrecast.dataset import scores_uri
     from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pool_indices, pooled_parts
     from genrecast.notebook_helpers import predict_test_split
-    from genrecast.score import Predictor, predictor_for
+    from genrecast.score import Predictor, predictor_for, run_score
     from genrecast.train_worker import load_clips
 
     write_labelled_catalogue(tmp_path, np.random.default_rng(1), 6, seconds=6.5, artists=3)
@@ -195,6 +196,12 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     want_probs, want_emb = (o.numpy() for o in inference_model(head)(picked, training=False))
     np.testing.assert_allclose(np.stack([p for p, _e in got]), want_probs, atol=1e-5)
     np.testing.assert_allclose(np.stack([e for _p, e in got]), want_emb, atol=1e-5)
+    # The score job reads pool_clips from model.json too: its rows are those track rows.
+    assert run_score(cfg, spark, "nightly").scored == len(tracks)
+    table = [Storage().read_parquet(f, ["track_id", "probabilities"]).to_pylist()
+             for f in commit.table_files(Storage(), scores_uri(cfg, result.model_id))]
+    scored = {r["track_id"]: r["probabilities"] for rows in table for r in rows}
+    np.testing.assert_allclose(np.stack([scored[t] for t in tracks]), want_probs, atol=1e-5)
     # With clip outputs every clip goes through the backbone; the track row is the same.
     seen.clear()
     full = predictor.predict_all(clips)
