@@ -205,7 +205,7 @@ def test_quality_file_and_map(catalogue, first_run):
     assert precision["mfcc_baseline"] is None and "baseline skipped" in precision["note"]
     assert quality["duplicates"] == {"groups": 2, "tracks": 5} and quality["recall_at_k"] is None
     assert storage.read_bytes(join(report_uri(cfg, "m1"), "embedding_map.png"))[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any("CNN embedding" in line for line in first_run.lines())
+    assert any("model embedding" in line for line in first_run.lines())
 
 
 def test_rerun_replaces_the_table(catalogue, first_run, spark):

@@ -265,13 +265,13 @@ def neighbours_report_file(cfg: Config, model_id: str, name: str) -> bytes:
 
 
 def precision_table(quality: dict[str, Any]) -> Any:
-    """quality.json's ``precision_at_k`` -> DataFrame: a row per method (CNN embedding, MFCC
+    """quality.json's ``precision_at_k`` -> DataFrame: a row per method (model embedding, MFCC
     baseline), a column per (query set, plain / same artist filtered out)."""
     import pandas as pd
 
     q = quality["precision_at_k"]
     rows = {}
-    for name, key in (("CNN embedding", "embedding"), ("MFCC baseline", "mfcc_baseline")):
+    for name, key in (("model embedding", "embedding"), ("MFCC baseline", "mfcc_baseline")):
         for query_set, m in (q.get(key) or {}).items():
             for variant in ("plain", "artist_filtered"):
                 rows.setdefault(name, {})[(f"{query_set} ({m['queries']} queries)", variant)] = m[variant]

@@ -207,9 +207,9 @@ def precision_lines(q: dict[str, Any], k: int) -> list[str]:
 
     out = [
         f"  genre precision@{k} over {q['pool']} labelled tracks (plain / same artist filtered out):",
-        f"    {'queries':<14}" + "".join(f"{heads[s]} ({q['embedding'][s]['queries']})".rjust(22) for s in sets),
+        f"    {'queries':<16}" + "".join(f"{heads[s]} ({q['embedding'][s]['queries']})".rjust(22) for s in sets),
     ]
-    for name, key in (("CNN embedding", "embedding"), ("MFCC baseline", "mfcc_baseline")):
+    for name, key in (("model embedding", "embedding"), ("MFCC baseline", "mfcc_baseline")):
         if q.get(key):
-            out.append(f"    {name:<14}" + "".join(cell(q[key][s]).rjust(22) for s in sets))
+            out.append(f"    {name:<16}" + "".join(cell(q[key][s]).rjust(22) for s in sets))
     return out
