@@ -186,6 +186,16 @@ def cmd_compare(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from genrecast.model_report import compare, format_report, load_entry
+
+    doc = compare([load_entry(ref, args.conf) for ref in args.models])
+    print(json.dumps(doc, ensure_ascii=False) if args.format == "json" else format_report(doc))
+    return 0
+
+
 def cmd_recommend(cfg: Config, args: argparse.Namespace) -> int:
     from genrecast.recommend import run_recommend
     from genrecast.spark import spark_session
@@ -364,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
     p.add_argument("--png", metavar="FILE", help="also draw both timelines on one time axis into FILE (PNG)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="trained models' test results side by side (same test split required; no Spark)",
+        description="Put the test evaluations that genrecast train wrote for each model (report/metrics.json: "
+        "track and clip accuracy, macro-F1, per-genre F1, the MFCC baseline, training seconds) side by side. "
+        "MODEL is an id or 'latest' under --conf's storage root, or CONF:MODEL for a model under another "
+        "config's root (e.g. conf/backbone.yaml:latest). Exit 2 when a model is missing or the models were "
+        "tested on different tracks (their numbers are not comparable). Scoring speed is not a training result: "
+        "see make bench-score.",
+    )
+    p.add_argument("models", metavar="MODEL", nargs="+", help="[CONF:]model id or 'latest'")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "recommend",
