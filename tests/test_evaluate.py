@@ -14,7 +14,7 @@ from genrecast.split import TEST, TRAIN, VAL
 from genrecast.storage import Storage, join
 from genrecast.train import val_shards
 
-from conftest import write_config
+from conftest import TRAINED_SOURCES, write_config
 
 
 def test_split_table_round_trip_and_old_embedded_split(tmp_path):
@@ -118,6 +118,19 @@ def test_evaluation_on_executors_matches_a_direct_computation(trained):
     assert metrics["cnn_track"]["accuracy"] == pytest.approx(direct_track["accuracy"])
     assert metrics["cnn_clip"]["confusion"] == direct_clip["confusion"]
     assert meta["metrics"]["cnn_track"] == pytest.approx(direct_track["accuracy"])
+    # Per labels.csv source (conftest.TRAINED_SOURCES by track number, "" = unknown): the same
+    # tracks' model accuracy as computed directly; the baseline's buckets add up to its total.
+    source_of = {t: TRAINED_SOURCES[int(t[-2:]) % len(TRAINED_SOURCES)] or "unknown" for t in test}
+    right = dict(zip(order, track_probs.argmax(1) == np.asarray([true[t] for t in order]), strict=True))
+    per_source = metrics["per_source"]
+    assert list(per_source) == sorted(set(source_of.values()), key=lambda s: (s == "unknown", s))
+    for source, m in per_source.items():
+        mine = [t for t in test if source_of[t] == source]
+        assert m["n"] == len(mine) and m["accuracy"] == pytest.approx(np.mean([right[t] for t in mine]))
+    base_right = sum(m["n"] * m["baseline_accuracy"] for m in per_source.values())
+    assert base_right == pytest.approx(metrics["baseline_track"]["accuracy"] * len(test))
+    text = Storage().read_bytes(join(registry.report_uri(cfg, model_id), "report.txt")).decode().splitlines()
+    assert all([s, str(m["n"])] in [line.split()[:2] for line in text] for s, m in per_source.items())
     # Validation ran streamed, every epoch, and the worker reported its peak RSS.
     assert len(metrics["history"]["val_accuracy"]) == meta["training"]["epochs_run"]
     assert all(np.isfinite(metrics["history"]["val_loss"]))
