@@ -63,8 +63,9 @@ def per_source_accuracy(
     source_of: Mapping[str, str],
 ) -> dict[str, dict[str, Any]]:
     """Track accuracy per source: ``{source: {"n", "accuracy", "baseline_accuracy"}}``, sources
-    sorted, :data:`UNKNOWN_SOURCE` (tracks missing from ``source_of``) last. ``true``,
-    ``predicted`` (the model) and ``baseline`` map the same test track ids to class indices."""
+    sorted, :data:`UNKNOWN_SOURCE` (tracks missing from ``source_of``, or a source named so)
+    last. ``true``, ``predicted`` (the model) and ``baseline`` map the same test track ids to
+    class indices."""
     if not (set(true) == set(predicted) == set(baseline)):
         raise ValueError("per_source_accuracy: true, predicted and baseline name different tracks")
     counts: dict[str, list[int]] = {}  # source -> [tracks, model right, baseline right]
