@@ -110,32 +110,43 @@ def write_config(folder: Path, extra: str = "") -> Config:
 
 TRAINED_GENRES = ["low", "high", "noise"]  # the ``trained`` fixture's labels (see synthetic_track)
 TRAINED_PER_GENRE = 6
+TRAINED_SOURCES = ("synth-a", "synth-b", "")  # the ``trained`` fixture's labels.csv sources ("": unknown)
 
 
 def write_labelled_catalogue(
-    folder: Path, rng: np.random.Generator, per_genre: int, seconds: float = 6.2, artists: int | None = None
+    folder: Path,
+    rng: np.random.Generator,
+    per_genre: int,
+    seconds: float = 6.2,
+    artists: int | None = None,
+    sources: tuple[str, ...] = (),
 ) -> None:
     """``per_genre`` synthetic wav tracks of each of TRAINED_GENRES under ``folder/audio`` (track
     ids ``<genre>/<genre><i:02d>``) and ``folder/labels.csv``; with ``artists``, an artist column
-    ``<genre>-artist<i % artists>``."""
-    rows = ["track_id,genre" + (",artist" if artists else "")]
+    ``<genre>-artist<i % artists>``; with ``sources``, a source column ``sources[i % len(sources)]``."""
+    rows = ["track_id,genre" + (",artist" if artists else "") + (",source" if sources else "")]
     for kind in TRAINED_GENRES:
         for i in range(per_genre):
             track_id = f"{kind}/{kind}{i:02d}"
             write_audio(folder / "audio" / f"{track_id}.wav", synthetic_track(kind, rng, seconds=seconds))
-            rows.append(f"{track_id},{kind}" + (f",{kind}-artist{i % artists}" if artists else ""))
+            rows.append(
+                f"{track_id},{kind}"
+                + (f",{kind}-artist{i % artists}" if artists else "")
+                + (f",{sources[i % len(sources)]}" if sources else "")
+            )
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, spark):
-    """(folder, config, model_id): 18 labelled 4.5 s tracks + one bad file, a 2-epoch model.
+    """(folder, config, model_id): 18 labelled 4.5 s tracks (TRAINED_SOURCES in turn) + one bad
+    file, a 2-epoch model.
     Once per session: test_score and test_timeline share it (copy what a test changes)."""
     from genrecast.ingest import run_ingest
     from genrecast.train import run_train
 
     root = tmp_path_factory.mktemp("score")
-    write_labelled_catalogue(root, np.random.default_rng(1), TRAINED_PER_GENRE, seconds=4.5)
+    write_labelled_catalogue(root, np.random.default_rng(1), TRAINED_PER_GENRE, seconds=4.5, sources=TRAINED_SOURCES)
     (root / "audio/bad").mkdir()
     (root / "audio/bad/text.mp3").write_text("not audio\n" * 50)
     cfg = write_config(root, f"genres: {TRAINED_GENRES}\ntrain: {{epochs: 2, batch_size: 8, workers: 1}}\n")

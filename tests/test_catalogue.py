@@ -34,6 +34,19 @@ def test_labels_parse_match_genres_case_insensitively():
     assert rejects == []
 
 
+def test_labels_source_column_is_optional_free_text_in_any_column_order():
+    text = "source,track_id,genre\nmma/FluidR3_GM,a,rock\n,b,jazz\n  spotify:playlist:37i9  ,c,jazz\nx,c,jazz\n"
+    labels, rejects = parse_labels(text, "l.csv", GENRES)
+    assert rejects == []
+    assert {k: (v.genre, v.artist, v.source) for k, v in labels.items()} == {
+        "a": ("rock", None, "mma/FluidR3_GM"),
+        "b": ("jazz", None, None),  # empty: unknown
+        "c": ("jazz", None, "x"),  # a repeated row: its later non-empty source, as for artist
+    }
+    absent, _ = parse_labels("track_id,genre,artist\na,rock,x\n", "l.csv", GENRES)
+    assert absent["a"].source is None and absent["a"].artist == "x"
+
+
 def test_label_problems_become_rejects_naming_the_line():
     text = "track_id,genre\na,rock\nb,polka\n../x,rock\nc,rock\nc,jazz\nd,jazz\nd,jazz\n"
     labels, rejects = parse_labels(text, "l.csv", GENRES)

@@ -221,9 +221,15 @@ def test_tiny_catalogue_formats_lengths_labels_determinism_and_cache(tmp_path):
         assert np.abs(samples).max() > 0.1, path  # not silent
     with open(a / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["track_id", "genre", "artist"]
+    assert list(rows[0]) == ["track_id", "genre", "artist", "source"]
     assert sorted(r["track_id"] for r in rows) == sorted(str(p.relative_to(a / "audio").with_suffix("")) for p in files)
     assert {r["genre"] for r in rows} == set(genres) and all(r["artist"] for r in rows)
+    # source: the renderer and the soundfont that played the track.
+    tools, plans = democat.find_tools(), {p.track_id: p for p in plan_tracks(genres, per_genre, seed)}
+    for r in rows:
+        renderer = "music21" if r["genre"] == "classical" else "mma"
+        played = democat.soundfont_name(tools.soundfont_for(plans[r["track_id"]].production))
+        assert r["source"] == f"{renderer}/{played}"
 
     # Same seed, fresh directory, no cache: byte-identical audio and labels.
     b = tmp_path / "b"
@@ -278,7 +284,8 @@ def test_a_failed_render_is_skipped_and_recorded(tmp_path, monkeypatch):
     assert sorted(storage.objects) == ["s3://bucket/demo/audio/" + f"{good.track_id}.{good.ext}",
                                        "s3://bucket/demo/labels.csv"]
     labels = storage.objects["s3://bucket/demo/labels.csv"].decode().splitlines()
-    assert labels == ["track_id,genre,artist", f"{good.track_id},rock,{good.artist}"]
+    played = democat.soundfont_name(democat.find_tools().soundfont_for(good.production))
+    assert labels == ["track_id,genre,artist,source", f"{good.track_id},rock,{good.artist},mma/{played}"]
     assert list(tmp_path.iterdir()) == []  # nothing written locally
 
 
@@ -410,6 +417,18 @@ def test_a_missing_soundfont_leaves_the_others_and_is_logged(tmp_path, monkeypat
     monkeypatch.setattr(democat, "SOUNDFONTS", (missing,))
     with pytest.raises(democat.JobError, match="General MIDI soundfont"):
         democat.find_tools(need_mma=False)
+
+
+def test_labels_source_names_the_renderer_and_the_soundfont_that_played():
+    tools = democat.Tools(None, None, ("/sf/TimGM6mb.sf2",), "fingerprint")  # the only one installed
+    jazz, classical = plan_tracks(["jazz", "classical"], 1, seed=0)
+    drew = dataclasses.replace(jazz, production=democat.Production(soundfont="FluidR3_GM"))  # not installed
+    rows = list(csv.reader(io.StringIO(democat.labels_csv([drew, classical], tools))))
+    assert rows == [
+        ["track_id", "genre", "artist", "source"],
+        [jazz.track_id, "jazz", jazz.artist, "mma/TimGM6mb"],
+        [classical.track_id, "classical", classical.artist, "music21/TimGM6mb"],
+    ]
 
 
 @needs_renderers

@@ -14,7 +14,7 @@ from genrecast.split import TEST, TRAIN, VAL
 from genrecast.storage import Storage, join
 from genrecast.train import val_shards
 
-from conftest import write_config
+from conftest import TRAINED_SOURCES, write_config
 
 
 def test_split_table_round_trip_and_old_embedded_split(tmp_path):
@@ -58,6 +58,38 @@ def test_iter_row_groups_reads_only_matching_rows(tmp_path):
     assert sum(g.num_rows for g in Storage().iter_row_groups(path, ["v"])) == 12
 
 
+def test_per_source_accuracy_counts_each_source_and_the_unknown_bucket():
+    from genrecast import report
+
+    true = {"a": 0, "b": 1, "c": 2, "d": 0, "e": 1, "f": 2}
+    model = {"a": 0, "b": 1, "c": 0, "d": 1, "e": 1, "f": 2}
+    baseline = {"a": 1, "b": 1, "c": 2, "d": 0, "e": 0, "f": 2}
+    # d has an empty source, e none; "train-only" is not a test track.
+    source_of = {"a": "mma/FluidR3_GM", "b": "mma/FluidR3_GM", "c": "music21/TimGM6mb", "d": "", "f": "zzz"}
+    per_source = report.per_source_accuracy(true, model, baseline, source_of | {"train-only": "x"})
+    assert per_source == {
+        "mma/FluidR3_GM": {"n": 2, "accuracy": 1.0, "baseline_accuracy": 0.5},
+        "music21/TimGM6mb": {"n": 1, "accuracy": 0.0, "baseline_accuracy": 1.0},
+        "zzz": {"n": 1, "accuracy": 1.0, "baseline_accuracy": 1.0},
+        "unknown": {"n": 2, "accuracy": 0.5, "baseline_accuracy": 0.5},  # always last
+    }
+    with pytest.raises(ValueError, match="different tracks"):
+        report.per_source_accuracy(true, model, {"a": 0}, source_of)
+
+    genres = ["x", "y", "z"]
+    y, p = list(true.values()), list(model.values())
+    metrics = {
+        "cnn_track": report.classification_metrics(y, p, genres),
+        "cnn_clip": report.classification_metrics(y, p, genres),
+        "baseline_track": report.classification_metrics(y, list(baseline.values()), genres),
+    }
+    assert "source" not in report.format_report(metrics)  # no sources: no table
+    text = report.format_report(metrics | {"per_source": per_source}).splitlines()
+    assert text[-5].split() == ["source", "n", "accuracy", "baseline"]
+    assert text[-4].split() == ["mma/FluidR3_GM", "2", "1.000", "0.500"]
+    assert text[-1].split() == ["unknown", "2", "0.500", "0.500"]
+
+
 def test_evaluation_on_executors_matches_a_direct_computation(trained):
     """The conftest model's report (train.evaluate: executors, one row per test track) against
     the model run on the driver over every test clip (the pre-streaming way)."""
@@ -86,6 +118,19 @@ def test_evaluation_on_executors_matches_a_direct_computation(trained):
     assert metrics["cnn_track"]["accuracy"] == pytest.approx(direct_track["accuracy"])
     assert metrics["cnn_clip"]["confusion"] == direct_clip["confusion"]
     assert meta["metrics"]["cnn_track"] == pytest.approx(direct_track["accuracy"])
+    # Per labels.csv source (conftest.TRAINED_SOURCES by track number, "" = unknown): the same
+    # tracks' model accuracy as computed directly; the baseline's buckets add up to its total.
+    source_of = {t: TRAINED_SOURCES[int(t[-2:]) % len(TRAINED_SOURCES)] or "unknown" for t in test}
+    right = dict(zip(order, track_probs.argmax(1) == np.asarray([true[t] for t in order]), strict=True))
+    per_source = metrics["per_source"]
+    assert list(per_source) == sorted(set(source_of.values()), key=lambda s: (s == "unknown", s))
+    for source, m in per_source.items():
+        mine = [t for t in test if source_of[t] == source]
+        assert m["n"] == len(mine) and m["accuracy"] == pytest.approx(np.mean([right[t] for t in mine]))
+    base_right = sum(m["n"] * m["baseline_accuracy"] for m in per_source.values())
+    assert base_right == pytest.approx(metrics["baseline_track"]["accuracy"] * len(test))
+    text = Storage().read_bytes(join(registry.report_uri(cfg, model_id), "report.txt")).decode().splitlines()
+    assert all([s, str(m["n"])] in [line.split()[:2] for line in text] for s, m in per_source.items())
     # Validation ran streamed, every epoch, and the worker reported its peak RSS.
     assert len(metrics["history"]["val_accuracy"]) == meta["training"]["epochs_run"]
     assert all(np.isfinite(metrics["history"]["val_loss"]))

@@ -29,6 +29,9 @@ class Track:
 class Label:
     genre: str
     artist: str | None
+    # Free text: where the track (or its label) came from - the demo's renderer/soundfont
+    # ("mma/FluidR3_GM"), `labels spotify`'s "spotify:playlist:<id>"; train reports accuracy per source.
+    source: str | None = None
 
 
 def validate_track_id(track_id: str) -> str:
@@ -100,7 +103,7 @@ def check_deletions(job: str, table_uri: str, deleted: int, known: int, max_shar
 
 
 def parse_labels(text: str, source: str, genres: list[str]) -> tuple[dict[str, Label], list[dict]]:
-    """Parse labels.csv (``track_id,genre[,artist]``, header required).
+    """Parse labels.csv (``track_id,genre[,artist][,source]``, any column order, header required).
 
     Genres are matched case-insensitively to the configured spelling. A row with an unknown
     genre, a bad id, or a track given two different genres is rejected; the track itself stays
@@ -122,6 +125,7 @@ def parse_labels(text: str, source: str, genres: list[str]) -> tuple[dict[str, L
         track_id = (row.get("track_id") or "").strip()
         genre_raw = (row.get("genre") or "").strip()
         artist = (row.get("artist") or "").strip() or None
+        track_source = (row.get("source") or "").strip() or None
         try:
             validate_track_id(track_id)
         except InvalidIdentifier as exc:
@@ -141,7 +145,11 @@ def parse_labels(text: str, source: str, genres: list[str]) -> tuple[dict[str, L
         previous = labels.get(track_id)
         if previous is not None and previous.genre != genre:
             conflicted.add(track_id)
-        labels[track_id] = Label(genre, artist or (previous.artist if previous else None))
+        labels[track_id] = Label(
+            genre,
+            artist or (previous.artist if previous else None),
+            track_source or (previous.source if previous else None),
+        )
     for track_id in sorted(conflicted):
         del labels[track_id]
         rejects.append(

@@ -16,9 +16,11 @@ runs every external tool under a time and file-size limit, ends every MIDI with 
 MIDI. The same seed gives byte-identical files (mma gets a fixed RndSeed, Ogg a fixed stream
 serial). Renders can be cached in a local folder keyed by everything that decides them. Layout:
 ``<audio_uri>/<genre>/<genre>-<NNN>.<wav|flac|ogg|mp3>`` plus ``labels.csv``
-(``track_id,genre,artist``; artist = the mma library file, plus the bass/chord kit added to a
-drum-only groove, or the composer: ``mma:stdlib/swing``, ``mma:zoom/hiphop+hiphop``,
-``music21:bach``, so a train/test split by artist keeps one library's sound on one side).
+(``track_id,genre,artist,source``; artist = the mma library file, plus the bass/chord kit added
+to a drum-only groove, or the composer: ``mma:stdlib/swing``, ``mma:zoom/hiphop+hiphop``,
+``music21:bach``, so a train/test split by artist keeps one library's sound on one side; source =
+renderer and the soundfont that played the track, ``mma/FluidR3_GM``, ``music21/TimGM6mb``:
+train reports accuracy per source).
 
 Each track also gets its own *production* (:class:`Production`, drawn from the track's seed): which
 installed GM soundfont plays it, instrument programs swapped within the genre's families (mma
@@ -1409,13 +1411,19 @@ class DemoSummary:
     labels_uri: str = ""
 
 
-def labels_csv(plans: Sequence[TrackPlan]) -> str:
-    """``labels.csv`` text for the given tracks: ``track_id,genre,artist``."""
+def track_source(plan: TrackPlan, tools: Tools) -> str:
+    """labels.csv ``source`` of a track: its renderer and the soundfont that actually plays it
+    (:meth:`Tools.soundfont_for`), ``mma/FluidR3_GM``, ``music21/TimGM6mb``."""
+    return f"{plan.renderer}/{soundfont_name(tools.soundfont_for(plan.production))}"
+
+
+def labels_csv(plans: Sequence[TrackPlan], tools: Tools) -> str:
+    """``labels.csv`` text for the given tracks: ``track_id,genre,artist,source``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["track_id", "genre", "artist"])
+    writer.writerow(["track_id", "genre", "artist", "source"])
     for plan in plans:
-        writer.writerow([plan.track_id, plan.genre, plan.artist])
+        writer.writerow([plan.track_id, plan.genre, plan.artist, track_source(plan, tools)])
     return buf.getvalue()
 
 
@@ -1516,7 +1524,7 @@ def render_catalogue(storage: Storage, plans: Sequence[TrackPlan], audio_uri: st
     if not done:
         first = summary.failures[0]
         raise JobError(f"demo catalogue: no track could be rendered ({first.track_id}: {first.reason})")
-    text = labels_csv(done).encode()
+    text = labels_csv(done, tools).encode()
     if not (storage.exists(labels_uri) and storage.read_bytes(labels_uri) == text):
         storage.write_bytes(labels_uri, text)
     log.info("demo catalogue: %d tracks (%d written, %d unchanged, %d failed), %.1f MB, %.1fs",

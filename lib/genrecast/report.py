@@ -4,10 +4,12 @@ scikit-learn / matplotlib; no Spark."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+UNKNOWN_SOURCE = "unknown"  # per_source bucket of tracks whose labels.csv row names no source
 
 
 def track_mean(track_ids: Sequence[str], clip_values: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -52,6 +54,31 @@ def confusion_metrics(confusion: np.ndarray, genres: list[str]) -> dict[str, Any
         "macro_f1": float(np.mean(f)),
         "confusion": cm.tolist(),
     }
+
+
+def per_source_accuracy(
+    true: Mapping[str, int],
+    predicted: Mapping[str, int],
+    baseline: Mapping[str, int],
+    source_of: Mapping[str, str],
+) -> dict[str, dict[str, Any]]:
+    """Track accuracy per source: ``{source: {"n", "accuracy", "baseline_accuracy"}}``, sources
+    sorted, :data:`UNKNOWN_SOURCE` (tracks missing from ``source_of``, or a source named so)
+    last. ``true``, ``predicted`` (the model) and ``baseline`` map the same test track ids to
+    class indices."""
+    if not (set(true) == set(predicted) == set(baseline)):
+        raise ValueError("per_source_accuracy: true, predicted and baseline name different tracks")
+    counts: dict[str, list[int]] = {}  # source -> [tracks, model right, baseline right]
+    for track_id, y in true.items():
+        c = counts.setdefault(source_of.get(track_id) or UNKNOWN_SOURCE, [0, 0, 0])
+        c[0] += 1
+        c[1] += int(predicted[track_id] == y)
+        c[2] += int(baseline[track_id] == y)
+    out: dict[str, dict[str, Any]] = {}
+    for source in sorted(counts, key=lambda s: (s == UNKNOWN_SOURCE, s)):
+        n, right, baseline_right = counts[source]
+        out[source] = {"n": n, "accuracy": right / n, "baseline_accuracy": baseline_right / n}
+    return out
 
 
 def baseline_mfcc_logreg(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -125,4 +152,9 @@ def format_report(metrics: dict[str, Any]) -> str:
         lines.append(
             f"{g:<16} {m['precision']:>6.2f} {m['recall']:>6.2f} {m['f1']:>6.2f} {m['support']:>4}   {b['f1']:.2f}"
         )
+    if metrics.get("per_source"):
+        width = max(16, *(len(s) for s in metrics["per_source"]))
+        lines.append(f"{'source':<{width}} {'n':>4} {'accuracy':>8} {'baseline':>8}")
+        for s, m in metrics["per_source"].items():
+            lines.append(f"{s:<{width}} {m['n']:>4} {m['accuracy']:>8.3f} {m['baseline_accuracy']:>8.3f}")
     return "\n".join(lines)

@@ -251,22 +251,26 @@ def _features_key(cfg: Config, tracks: list[LabelledTrack]) -> str:
     return key
 
 
-def _labelled_tracks(cfg: Config, spark: Any, files: list[str]) -> tuple[list[LabelledTrack], str, dict[str, int]]:
+def _labelled_tracks(
+    cfg: Config, spark: Any, files: list[str]
+) -> tuple[list[LabelledTrack], str, dict[str, int], dict[str, str]]:
     """Labelled tracks in ``files`` of the dataset (genres in config order), a dataset
-    fingerprint, clip counts."""
+    fingerprint, tracks per genre, and the labels.csv ``source`` of those that name one."""
     storage = Storage.from_config(cfg)
     rows = index_dataset(spark, cfg, files)
     if not rows:
         raise JobError(f"no mel dataset at {mels_uri(cfg)}: run genrecast ingest first")
     labels, _ = load_labels(storage, cfg.catalogue.labels_uri, cfg.genres)
     known = set(cfg.genres)
-    tracks, fingerprint = [], hashlib.sha256()
+    tracks, fingerprint, source_of = [], hashlib.sha256(), {}
     for track_id, sha, genre, _file in sorted(set((r[0], r[1], r[2], "") for r in rows)):
         if genre in known:
-            artist = labels[track_id].artist if track_id in labels else None
-            tracks.append(LabelledTrack(track_id, genre, artist, sha))
+            label = labels.get(track_id)
+            tracks.append(LabelledTrack(track_id, genre, label.artist if label else None, sha))
             fingerprint.update(f"{track_id}\0{sha}\0{genre}\n".encode())
-    return tracks, fingerprint.hexdigest(), Counter(t.genre for t in tracks)
+            if label and label.source:
+                source_of[track_id] = label.source
+    return tracks, fingerprint.hexdigest(), Counter(t.genre for t in tracks), source_of
 
 
 def _collect_barrier(spark: Any, rdd: Any, workers: int) -> list[dict[str, Any]]:
@@ -295,7 +299,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         raise JobError(f"no mel dataset at {mels_uri(cfg)}: run genrecast ingest first")
     # One committed version of the dataset, its Petastorm metadata checked before anything reads it.
     files = check_mel_metadata(storage, cfg)
-    tracks, fingerprint, per_genre = _labelled_tracks(cfg, spark, files)
+    tracks, fingerprint, per_genre, source_of = _labelled_tracks(cfg, spark, files)
     genre_of = {t.track_id: t.genre for t in tracks}
     genres = [g for g in cfg.genres if per_genre.get(g)]
     missing = [g for g in cfg.genres if not per_genre.get(g)]
@@ -398,7 +402,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     if len(digests) != 1:
         raise JobError(f"workers ended with different weights ({len(digests)} digests): replicas diverged")
 
-    metrics = evaluate(cfg, spark, files, model_id, genres, assignment, genre_of, track_feats)
+    metrics = evaluate(cfg, spark, files, model_id, genres, assignment, genre_of, track_feats, source_of)
     chief = results[0]
     metrics["training"] = {
         "workers": workers,
@@ -448,8 +452,11 @@ def evaluate(
     assignment: dict[str, str],
     genre_of: dict[str, str],
     track_feats: dict[str, np.ndarray],
+    source_of: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Test-split metrics of the saved model (clip and track level) and of the MFCC baseline.
+    """Test-split metrics of the saved model (clip and track level) and of the MFCC baseline,
+    and - when a test track has a labels.csv ``source`` (``source_of``) - both track
+    accuracies per source (:func:`genrecast.report.per_source_accuracy`).
 
     The model runs on the executors, over the mel ``files`` (:func:`_test_track_sums`); the
     driver receives one row per test track - clips, summed probabilities, predicted-genre counts
@@ -486,7 +493,16 @@ def evaluate(
     test_rows = [i for i, t in enumerate(tids) if assignment[t] == TEST]
     pred = report.baseline_mfcc_logreg(tfeat[fit_rows], y_all[fit_rows], tfeat[test_rows], cfg.train.split.seed)
     baseline = report.classification_metrics(y_all[test_rows], pred, genres)
-    return {"cnn_clip": cnn_clip, "cnn_track": cnn_track, "baseline_track": baseline}
+    metrics = {"cnn_clip": cnn_clip, "cnn_track": cnn_track, "baseline_track": baseline}
+    test_order = [track_id for track_id, _sums in rows]
+    if source_of and any(t in source_of for t in test_order):
+        metrics["per_source"] = report.per_source_accuracy(
+            dict(zip(test_order, y_true, strict=True)),
+            dict(zip(test_order, y_pred, strict=True)),
+            {tids[i]: int(p) for i, p in zip(test_rows, pred, strict=True)},
+            source_of,
+        )
+    return metrics
 
 
 def write_report(
