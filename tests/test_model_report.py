@@ -50,6 +50,19 @@ def test_compare_puts_each_models_numbers_side_by_side():
     row = next(line for line in text.splitlines() if line.startswith("F1 low"))
     assert row.split()[2:] == ["0.000", "1.000", "0.000"]  # m1, m2, MFCC baseline
     assert "baselines differ" not in text  # both models' MFCC baselines are 0.5
+    assert not any(line.startswith("accuracy ") for line in text.splitlines())  # no sources in the labels
+
+
+def test_report_has_a_row_per_labels_source():
+    entries = [_entry("m1", 0.5, 0.0), _entry("m2", 1.0, 1.0)]
+    entries[0].metrics["per_source"] = {"mma/FluidR3_GM": {"n": 1, "accuracy": 0.0, "baseline_accuracy": 1.0}}
+    entries[1].metrics["per_source"] = {
+        "mma/FluidR3_GM": {"n": 1, "accuracy": 1.0, "baseline_accuracy": 1.0},
+        "unknown": {"n": 1, "accuracy": 1.0, "baseline_accuracy": 0.0},
+    }
+    lines = format_report(compare(entries)).splitlines()
+    assert next(line for line in lines if line.startswith("accuracy mma/")).split()[2:] == ["0.000", "1.000", "1.000"]
+    assert next(line for line in lines if line.startswith("accuracy unknown")).split()[2:] == ["-", "1.000", "-"]
 
 
 def test_compare_refuses_models_tested_on_other_tracks():

@@ -77,6 +77,8 @@ def compare(entries: list[Entry]) -> dict[str, Any]:
                 "clip_accuracy": clip.get("accuracy"),
                 "per_genre_f1": {g: track["per_genre"].get(g, {}).get("f1") for g in genres},
                 "baseline_track_accuracy": base["accuracy"],
+                # labels.csv sources (genrecast.report.per_source_accuracy): {source: {n, accuracy, ...}}
+                "per_source": e.metrics.get("per_source", {}),
                 "train_seconds": e.meta.get("training", {}).get("seconds"),
             }
         )
@@ -94,28 +96,32 @@ def compare(entries: list[Entry]) -> dict[str, Any]:
     }
 
 
-def _num(value: float | None, width: int) -> str:
-    return ("-" if value is None else f"{value:.3f}").rjust(width)
-
-
 def format_report(doc: dict[str, Any]) -> str:
-    """The document as a table: a column per model, then the MFCC baseline (the first model's)."""
+    """The document as a table: a column per model, then the MFCC baseline (the first model's);
+    per-source accuracy rows when the labels named sources."""
     models, base = doc["models"], doc["baseline"]
-    width = max(14, *(len(m["model_id"]) for m in models), *(len(m["kind"]) for m in models))
-    heads = [m["model_id"] for m in models] + ["MFCC baseline"]
-    lines = [f"{doc['test_tracks']} test tracks, the same for every model", ""]
-    lines.append(f"{'':<18}" + "".join(h.rjust(width + 2) for h in heads))
-    lines.append(f"{'kind':<18}" + "".join(m["kind"].rjust(width + 2) for m in models))
-    rows = [
-        ("track accuracy", [m["track_accuracy"] for m in models] + [base["track_accuracy"]]),
-        ("macro-F1", [m["macro_f1"] for m in models] + [base["macro_f1"]]),
-        ("clip accuracy", [m["clip_accuracy"] for m in models] + [None]),
+    rows: list[tuple[str, list[str]]] = [
+        ("", [m["model_id"] for m in models] + ["MFCC baseline"]),
+        ("kind", [m["kind"] for m in models] + [""]),
     ]
-    rows += [(f"F1 {g}", [m["per_genre_f1"][g] for m in models] + [base["per_genre_f1"][g]]) for g in doc["genres"]]
-    for name, values in rows:
-        lines.append(f"{name:<18}" + "".join(_num(v, width + 2) for v in values))
-    secs = [m["train_seconds"] for m in models]
-    lines.append(f"{'training s':<18}" + "".join(("-" if s is None else f"{s:.0f}").rjust(width + 2) for s in secs))
+
+    def numbers(name: str, values: list[float | None]) -> None:
+        rows.append((name, ["-" if v is None else f"{v:.3f}" for v in values]))
+
+    numbers("track accuracy", [m["track_accuracy"] for m in models] + [base["track_accuracy"]])
+    numbers("macro-F1", [m["macro_f1"] for m in models] + [base["macro_f1"]])
+    numbers("clip accuracy", [m["clip_accuracy"] for m in models] + [None])
+    for g in doc["genres"]:
+        numbers(f"F1 {g}", [m["per_genre_f1"][g] for m in models] + [base["per_genre_f1"][g]])
+    first = models[0]["per_source"]
+    for source in dict.fromkeys(s for m in models for s in m["per_source"]):  # labels.csv sources
+        values = [m["per_source"].get(source, {}).get("accuracy") for m in models]
+        numbers(f"accuracy {source}", [*values, first.get(source, {}).get("baseline_accuracy")])
+    rows.append(("training s", ["-" if m["train_seconds"] is None else f"{m['train_seconds']:.0f}" for m in models]))
+    label_w = max(len(name) for name, _cells in rows)
+    width = max(len(cell) for _name, cells in rows for cell in cells) + 2
+    lines = [f"{doc['test_tracks']} test tracks, the same for every model", ""]
+    lines += [f"{name:<{label_w}}" + "".join(c.rjust(width) for c in cells).rstrip() for name, cells in rows]
     mfcc = {round(m["baseline_track_accuracy"], 6) for m in models}
     if len(mfcc) > 1:  # MFCCs from different audio profiles: say so rather than hide it
         lines.append(
