@@ -142,7 +142,7 @@ def format_report(metrics: dict[str, Any]) -> str:
     cnn_t, base_t, cnn_c = metrics["cnn_track"], metrics["baseline_track"], metrics["cnn_clip"]
     lines = [
         f"test tracks: {cnn_t['n']}, test clips: {cnn_c['n']}",
-        f"CNN      track accuracy {cnn_t['accuracy']:.3f}  clip accuracy {cnn_c['accuracy']:.3f}  "
+        f"model    track accuracy {cnn_t['accuracy']:.3f}  clip accuracy {cnn_c['accuracy']:.3f}  "
         f"macro-F1 {cnn_t['macro_f1']:.3f}",
         f"baseline track accuracy {base_t['accuracy']:.3f}  (MFCC statistics + logistic regression, same split)",
         f"{'genre':<16} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>4}   baseline f1",

@@ -508,7 +508,7 @@ def evaluate(
 def write_report(
     cfg: Config, model_id: str, metrics: dict[str, Any], history: dict[str, list[float]], genres: list[str]
 ) -> str:
-    """metrics.json, confusion.png (CNN, track level), baseline_confusion.png, curves.png, report.txt."""
+    """metrics.json, confusion.png (the model, track level), baseline_confusion.png, curves.png, report.txt."""
     storage = Storage.from_config(cfg)
     out = registry.report_uri(cfg, model_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -516,7 +516,7 @@ def write_report(
             metrics["cnn_track"]["confusion"],
             genres,
             os.path.join(tmp, "confusion.png"),
-            f"CNN, test tracks (accuracy {metrics['cnn_track']['accuracy']:.2f})",
+            f"model, test tracks (accuracy {metrics['cnn_track']['accuracy']:.2f})",
         )
         report.plot_confusion(
             metrics["baseline_track"]["confusion"],
