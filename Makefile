@@ -31,8 +31,10 @@ bench: bench-ingest bench-score bench-decode-memory bench-scale bench-recommend-
 bench-ingest: setup
 	$(PY) bench/ingest.py
 
+# VARIANTS: models scored side by side (bench/score.py --variants; pooled-all adds ~5 min on 2 cores)
+VARIANTS ?= cnn,pooled-k3
 bench-score: setup
-	$(PY) bench/score.py
+	$(PY) bench/score.py --variants $(VARIANTS)
 
 bench-decode-memory: setup
 	$(PY) bench/decode_memory.py
