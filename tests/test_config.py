@@ -25,14 +25,14 @@ def test_backbone_yaml_is_the_local_default_with_the_backbone_profile(monkeypatc
     monkeypatch.chdir(REPO)
     local = load_config(REPO / "conf" / "local.yaml", environ={})
     cfg = load_config(REPO / "conf" / "backbone.yaml", environ={})  # validation checks the profile
-    assert (cfg.train.backbone, cfg.train.head, cfg.train.pool_clips) == ("musicnn-msd", "pooled", 3)
+    train = (cfg.train.backbone, cfg.train.head, cfg.train.pool_clips, cfg.train.refit)
+    assert train == ("musicnn-msd", "pooled", 3, True)
     assert cfg.storage.root == str(REPO / "data" / "genrecast-backbone") != local.storage.root
     assert cfg.catalogue == local.catalogue and cfg.genres == local.genres
     differ = {"storage", "audio", "train"}
     assert cfg.model_dump(exclude=differ) == local.model_dump(exclude=differ)
-    assert cfg.train.model_dump(exclude={"backbone", "head", "pool_clips"}) == local.train.model_dump(
-        exclude={"backbone", "head", "pool_clips"}
-    )
+    ours = {"backbone", "head", "pool_clips", "refit"}
+    assert cfg.train.model_dump(exclude=ours) == local.train.model_dump(exclude=ours)
 
 
 def test_env_overrides_parse_yaml_scalars(tmp_path):
@@ -67,6 +67,7 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
         ("train: {head: track}\n", {}, "key 'train.head'"),
         ("train: {pool_clips: 3}\n", {}, "key 'train.pool_clips': only used with train.head pooled"),
         ("train: {pool_clips: -1}\n", {}, "key 'train.pool_clips'"),
+        ("train: {refit: true}\n", {}, "key 'train.refit': only built for train.head pooled"),
         (
             "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
             "train: {backbone: vgg-msd, head: pooled, augment: {use: [gain]}}\n",

@@ -163,13 +163,16 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
         "genres: [low, high, noise]\n"
         "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
         "train: {epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " head: pooled, pool_clips: 1, learning_rate: 0.01}\n",
+        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01}\n",
     )
     assert run_ingest(cfg, spark).tracks_ok == 18
     result = run_train(cfg, spark)
     assert len({w["weights_sha256"] for w in result.workers}) == 1
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["training"]["head"] == "pooled" and meta["training"]["pool_clips"] == 1
+    # refit: the epochs validation chose (its best accuracy's), then on train + validation tracks
+    val_acc = result.workers[0]["history"]["val_accuracy"]
+    assert meta["training"]["refit_epochs"] == val_acc.index(max(val_acc)) + 1 <= meta["training"]["epochs_run"]
     model, _ = registry.load_model(cfg, result.model_id)
     fresh = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
     for before, after in zip(fresh.get_weights(), model.get_layer("backbone").get_weights(), strict=True):

@@ -193,8 +193,10 @@ class Predictor:
             raise JobError(f"model.json training.pool_clips is {pool_clips} for a {head!r} head (pooled only)")
         has_pool = any(layer.name == TRACK_POOL_LAYER for layer in keras_model.layers)
         if head not in ("clip", "pooled") or has_pool != (head == "pooled"):
-            raise JobError(f"model.json training.head is {head!r} but the model {'has' if has_pool else 'lacks'} "
-                           f"a {TRACK_POOL_LAYER} layer")
+            raise JobError(
+                f"model.json training.head is {head!r} but the model {'has' if has_pool else 'lacks'} "
+                f"a {TRACK_POOL_LAYER} layer"
+            )
         self.head, self.pool_clips = head, pool_clips
         if head == "pooled":
             features, head_model = pooled_parts(keras_model)
@@ -214,9 +216,13 @@ class Predictor:
             lambda x: infer(x, training=False),
             input_signature=[tf.TensorSpec((None, *(int(d) for d in infer.inputs[0].shape[1:])), tf.float32)],
         )
-        self._features = None if features is None else tf.function(
-            lambda x: features(x, training=False),
-            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
+        self._features = (
+            None
+            if features is None
+            else tf.function(
+                lambda x: features(x, training=False),
+                input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
+            )
         )
 
     def _batched(self, fn: Any, x: np.ndarray) -> list[np.ndarray]:
@@ -320,9 +326,7 @@ def predictor_for(
             training = registry.read_model_json(cfg, model_id).get("training", {})
             head, pool_clips = training.get("head", "clip"), int(training.get("pool_clips", 0))
         _PREDICTORS.clear()
-        _PREDICTORS[key] = Predictor(
-            registry.load_keras_file(cfg, model_id), genres, head=head, pool_clips=pool_clips
-        )
+        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres, head=head, pool_clips=pool_clips)
     return _PREDICTORS[key]
 
 

@@ -382,6 +382,10 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "backbone": cfg.train.backbone,
         "head": cfg.train.head,
         "pool_clips": cfg.train.pool_clips,
+        # train.refit: steps of an epoch over the train + validation tracks (the same on every worker)
+        "refit_steps": (
+            math.ceil((len(train_ids) + split_counts(assignment)[VAL]) / global_batch) if cfg.train.refit else 0
+        ),
         "train_shards": train_shards,  # pooled head: per worker, its train tracks
         "val_batch": val_batch,  # pooled head: validation rows per worker and step
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
@@ -414,6 +418,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "params": chief["params"],
         "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
         "pool_clips": cfg.train.pool_clips,  # and, for a pooled head, the clips it pools
+        "refit_epochs": chief.get("refit_epochs"),  # train.refit: epochs on train + validation, else None
         "augment": cfg.train.augment.model_dump(),
         "worker_peak_rss_mb": [r.get("peak_rss_mb") for r in results],
         **({"feature_pass": [r["feature_pass"] for r in results]} if pooled else {}),

@@ -274,6 +274,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             pooled_parts(net)[1] if pooled else net, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment)
         )
         model = net
+    initial = fit_model.get_weights()  # train.refit starts a fresh head from these
     feature_pass: dict[str, float] = {}
     if pooled:
         # Frozen features, pooled per track, once: every epoch then reads the rows from memory.
@@ -346,6 +347,33 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=callbacks,
         verbose=0,
     )
+    refit_epochs = None
+    if pooled and spec.get("refit_steps") and has_val:
+        # train.refit: validation chose the epoch count (its all-reduced accuracy is the same on
+        # every worker); a fresh head and optimiser now train that long on train + validation.
+        scores = history.history.get("val_accuracy") or [0.0]
+        refit_epochs = int(np.argmax(scores)) + 1
+        x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        with strategy.scope():
+            fit_model.set_weights(initial)
+            fit_model = compile_model(fit_model, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment))
+
+        def refit_fn(input_context: Any) -> Any:
+            batch = input_context.get_per_replica_batch_size(global_batch)
+            return vector_batches(x_all, y_all, batch, seed=spec["seed"] + rank)
+
+        t0 = time.perf_counter()
+        fit_model.fit(
+            k.utils.experimental.DatasetCreator(refit_fn),
+            epochs=refit_epochs,
+            steps_per_epoch=spec["refit_steps"],
+            verbose=0,
+        )
+        log(
+            rank,
+            f"refit on {len(x_all)} train + validation tracks for {refit_epochs} epochs in "
+            f"{time.perf_counter() - t0:.1f}s",
+        )
     train_seconds = float(sum(epoch_seconds))
     if pooled:  # clips through the frozen backbone (the cost), per second of features + fit; reading alone
         train_clips_per_s = feature_pass["clips"] / max(feature_pass["seconds"] + train_seconds, 1e-9)
@@ -379,6 +407,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "params": int(model.count_params()),
         "peak_rss_mb": peak_rss_mb(),
         "feature_pass": feature_pass,  # pooled head: clips, read_s, model_s, seconds; {} otherwise
+        "refit_epochs": refit_epochs,  # train.refit: epochs on train + validation; None otherwise
     }
 
 
