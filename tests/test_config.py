@@ -70,6 +70,12 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
         ("train: {refit: true}\n", {}, "key 'train.refit': only built for train.head pooled"),
         (
             "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
+            "train: {backbone: vgg-msd, head: pooled, refit: true, split: {val: 0}}\n",
+            {},
+            "key 'train.refit': needs validation tracks (train.split.val > 0)",
+        ),
+        (
+            "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
             "train: {backbone: vgg-msd, head: pooled, augment: {use: [gain]}}\n",
             {},
             "key 'train.augment': not applied with train.head pooled",

@@ -322,6 +322,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             raise ConfigError(f"{file}: key 'train.backbone': {problem}")
     if cfg.train.refit and cfg.train.head != "pooled":
         raise ConfigError(f"{file}: key 'train.refit': only built for train.head pooled (set it to false)")
+    if cfg.train.refit and not cfg.train.split.val:
+        # No validation tracks: nothing picks the epoch count and nothing is left to add.
+        raise ConfigError(f"{file}: key 'train.refit': needs validation tracks (train.split.val > 0)")
     if cfg.train.pool_clips and cfg.train.head != "pooled":
         raise ConfigError(f"{file}: key 'train.pool_clips': only used with train.head pooled (set it to 0)")
     if cfg.train.head == "pooled":
