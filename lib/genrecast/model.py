@@ -176,6 +176,12 @@ def pool_indices(n_clips: int, pool_clips: int) -> np.ndarray:
     return ((np.arange(pool_clips) + 0.5) * n_clips / pool_clips).astype(np.int64)
 
 
+def stack_in_time_order(clips: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """One track's ``(clip_index, array)`` pairs, in any order (Petastorm and row groups do not
+    keep it) -> the arrays stacked by clip index: the order :func:`pool_indices` picks from."""
+    return np.stack([array for _index, array in sorted(clips, key=lambda pair: pair[0])])
+
+
 def pooled_parts(model: Any) -> tuple[Any, Any]:
     """A pooled model (:func:`build_pooled_model`) -> (clip features model: (n, n_mels, frames)
     dB -> (n, F), its ``head``: (m, 2F) pooled rows -> (m, n_genres)), sharing its weights."""

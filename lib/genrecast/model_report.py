@@ -33,10 +33,11 @@ def describe(meta: dict[str, Any]) -> str:
     backbone = meta.get("backbone")
     if not backbone or backbone == "scratch":
         return "scratch CNN"
+    from genrecast.score import predictor_options  # how scoring reads the same keys
+
     name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
-    training = meta.get("training", {})
-    head = training.get("head", "clip")
-    clips = training.get("pool_clips", 0)
+    options = predictor_options(meta)
+    head, clips = options["head"], options["pool_clips"]
     return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "")
 
 

@@ -221,7 +221,7 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     job's own building blocks."""
     import pandas as pd
 
-    from genrecast.score import Predictor
+    from genrecast.score import Predictor, predictor_options
     from genrecast.train_worker import load_clips
 
     model, meta = registry.load_model(cfg, model_id)
@@ -232,8 +232,7 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     rows: dict[str, list[int]] = {t: [] for t in order}
     for i, t in enumerate(clip_tracks):
         rows[t].append(i)
-    training = meta.get("training", {})
-    predictor = Predictor(model, genres, head=training.get("head", "clip"), pool_clips=training.get("pool_clips", 0))
+    predictor = Predictor(model, genres, **predictor_options(meta))
     predictions = predictor.predict_all([x[rows[t]] for t in order])
     probs = np.zeros((len(x), len(genres)), np.float32)
     for t, (clip_probs, _e, _tp, _te) in zip(order, predictions, strict=True):

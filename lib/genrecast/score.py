@@ -302,6 +302,13 @@ class Predictor:
         return [(tp, te) for _p, _e, tp, te in self.predict_all(tracks, clip_outputs=False)]
 
 
+def predictor_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """A model.json -> the :class:`Predictor` keywords its ``training`` section sets (``head``,
+    ``pool_clips``; models from before either key get the defaults)."""
+    training = meta.get("training", {})
+    return {"head": training.get("head", "clip"), "pool_clips": int(training.get("pool_clips", 0))}
+
+
 _PREDICTORS: dict[str, Predictor] = {}
 
 
@@ -323,10 +330,11 @@ def predictor_for(
         if threads:
             limit_tf_threads(threads)
         if head is None:
-            training = registry.read_model_json(cfg, model_id).get("training", {})
-            head, pool_clips = training.get("head", "clip"), int(training.get("pool_clips", 0))
+            options = predictor_options(registry.read_model_json(cfg, model_id))
+        else:
+            options = {"head": head, "pool_clips": pool_clips}
         _PREDICTORS.clear()
-        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres, head=head, pool_clips=pool_clips)
+        _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres, **options)
     return _PREDICTORS[key]
 
 

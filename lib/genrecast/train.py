@@ -108,6 +108,7 @@ def _test_track_sums(
     float64, predicted-genre counts of its clips (n_genres,) int64)``. A pooled model
     (``train.head: pooled``) needs a track's clips together: its file's test clips are gathered
     first (ingest writes a track into one file), in time order (``train.pool_clips`` picks by it)."""
+    from genrecast.model import stack_in_time_order
     from genrecast.score import predictor_for
 
     predictor = None
@@ -115,7 +116,7 @@ def _test_track_sums(
 
     def add(clips: dict[str, list[tuple[int, np.ndarray]]]) -> None:
         order = list(clips)
-        tracks = [np.stack([m for _i, m in sorted(clips[t], key=lambda c: c[0])]).astype(np.float32) for t in order]
+        tracks = [stack_in_time_order(clips[t]).astype(np.float32) for t in order]
         predictions = predictor.predict_all(tracks)
         for track_id, (probs, _embeddings, track_probs, _embedding) in zip(order, predictions, strict=True):
             n = len(probs)

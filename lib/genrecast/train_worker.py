@@ -136,7 +136,7 @@ def track_vectors(
     clips and seconds (reading, model). Holds the shard's clip features (F floats a clip: 3.8 KB
     for musicnn), not its clips. Every clip is featurised: a track's clip count is known only once
     it is read."""
-    from genrecast.model import pool_clip_features, pool_indices
+    from genrecast.model import pool_clip_features, pool_indices, stack_in_time_order
 
     index = {g: i for i, g in enumerate(genres)}
     feats: dict[str, list[tuple[int, np.ndarray]]] = {t: [] for t in tracks}
@@ -171,7 +171,7 @@ def track_vectors(
         raise RuntimeError(f"no clips read for {len(missing)} track(s), e.g. {missing[0]}")
 
     def pooled(track_id: str) -> np.ndarray:
-        rows = np.stack([row for _i, row in sorted(feats[track_id], key=lambda item: item[0])])
+        rows = stack_in_time_order(feats[track_id])
         return pool_clip_features(rows[pool_indices(len(rows), pool_clips)])
 
     x = np.stack([pooled(t) for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
@@ -274,7 +274,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             pooled_parts(net)[1] if pooled else net, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment)
         )
         model = net
-    initial = fit_model.get_weights()  # train.refit starts a fresh head from these
+    initial = fit_model.get_weights() if spec.get("refit_steps") else None  # train.refit's fresh head
     feature_pass: dict[str, float] = {}
     if pooled:
         # Frozen features, pooled per track, once: every epoch then reads the rows from memory.
