@@ -25,6 +25,10 @@ DEFAULT_CONF = {
     "spark.task.maxFailures": "4",
     "spark.speculation": "false",
     "spark.python.worker.reuse": "true",
+    # Python <-> JVM socket handshakes (barrier(), allGather(), collect) give up after 15 s by
+    # default; a CPU-starved 2-core machine was seen to exceed that in train's barrier, failing
+    # the job. Spark hands the same value to the driver's and the workers' Python side.
+    "spark.python.authenticate.socketTimeout": "120s",
 }
 
 # GENRECAST_FORWARD_AWS_ENV=1: hand these AWS credential-chain variables from the driver's
