@@ -1,0 +1,102 @@
+"""How much a pooled head's test accuracy depends on its random seed, and what averaging several
+heads (``train.head_ensemble``) does about it, on a trained model's split.
+
+The frozen backbone's features of every clip are computed once; then, per seed and per ensemble
+size, the product's head (:func:`genrecast.model._head` as ``build_pooled_model`` wraps it,
+``compile_model``, ``vector_batches``) trains as ``train`` does with ``refit``: early stopping on
+the validation tracks (patience from the config), then a fresh head on train + validation for the
+best epoch count. One process, one worker (train's job runs two workers on half batches each:
+the same global batch). Printed: test track accuracy per seed and its mean / spread, against a
+standardised logistic regression on the same rows (train + val). The dataset must have been
+ingested with the backbone's audio profile.
+
+Usage (environment as for the training run, e.g. GENRECAST__STORAGE__ROOT=... GENRECAST__AUDIO__...):
+  .venv/bin/python bench/head_ensemble.py --conf conf/backbone.yaml --model MODEL_ID [--members 1 5] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conf", default="conf/backbone.yaml")
+    parser.add_argument("--model", required=True, help="model id whose split (model.json) is used")
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 5], help="ensemble sizes to compare")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--pool-clips", type=int, default=None, help="default: the model's training.pool_clips")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from genrecast import registry, report
+    from genrecast.backbone import backbone_spec, build_backbone, clips_to_backbone_input, feature_model
+    from genrecast.config import load_config
+    from genrecast.model import BACKBONE_FEATURES, _head, compile_model, keras, pool_clip_features, pool_indices
+    from genrecast.train_worker import load_clips, vector_batches
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    cfg = load_config(args.conf)
+    meta = registry.read_model_json(cfg, args.model)
+    genres, assignment = meta["genres"], registry.read_split(cfg, args.model, meta)
+    pool_clips = meta["training"].get("pool_clips", 0) if args.pool_clips is None else args.pool_clips
+    x, y, ids = load_clips(cfg, sorted(assignment), genres)  # by (track, clip): time order
+    t0 = time.perf_counter()
+    name = meta["backbone"]["name"]
+    trunk = feature_model(build_backbone(name), BACKBONE_FEATURES[backbone_spec(name).arch])
+    out = trunk.predict(clips_to_backbone_input(x), batch_size=32, verbose=0)
+    feats = np.concatenate(out, axis=1) if isinstance(out, list) else out
+    print(f"{len(ids)} clips of {len(set(ids))} tracks through {name} in {time.perf_counter() - t0:.0f}s")
+
+    tracks = sorted(set(ids))
+    rows = {t: np.asarray([i for i, c in enumerate(ids) if c == t]) for t in tracks}
+    xs = np.stack([pool_clip_features(feats[rows[t][pool_indices(len(rows[t]), pool_clips)]]) for t in tracks])
+    ys = np.asarray([int(y[rows[t][0]]) for t in tracks])
+    side = np.asarray([assignment[t] for t in tracks])
+    tr, va, te = side == "train", side == "val", side == "test"
+    tv = tr | va
+    batch = cfg.train.batch_size
+    print(f"split: {tr.sum()} train / {va.sum()} val / {te.sum()} test tracks; pool_clips {pool_clips}; batch {batch}")
+
+    k = keras()
+
+    def head(members: int) -> object:
+        inputs = k.Input(shape=(xs.shape[1],))
+        model = k.Model(inputs, _head(inputs, len(genres), cfg.train.embedding_dim, 0.3, members))
+        return compile_model(model, cfg.train.learning_rate)
+
+    def fit(model: object, mask: np.ndarray, seed: int, epochs: int, val: bool) -> list[float]:
+        steps = max(1, int(mask.sum()) // batch)
+        callbacks = [k.callbacks.EarlyStopping("val_accuracy", mode="max", patience=cfg.train.patience)] if val else []
+        history = model.fit(
+            vector_batches(xs[mask], ys[mask], batch, seed=seed),
+            epochs=epochs,
+            steps_per_epoch=steps,
+            validation_data=(xs[va], ys[va]) if val else None,
+            callbacks=callbacks,
+            verbose=0,
+        )
+        return history.history.get("val_accuracy", [])
+
+    baseline = report.baseline_mfcc_logreg(xs[tv], ys[tv], xs[te])  # standardised logistic regression
+    print(f"\nlogistic regression on the same rows (train + val): {np.mean(baseline == ys[te]):.3f}")
+    print(f"{'heads':>5} {'mean':>6} {'min':>6} {'max':>6}   per seed (early stop on val, refit on train + val)")
+    for members in args.members:
+        accs = []
+        for seed in range(args.seeds):
+            k.utils.set_random_seed(seed)
+            val_acc = fit(head(members), tr, seed, cfg.train.epochs, val=True)
+            k.utils.set_random_seed(seed)
+            model = head(members)
+            fit(model, tv, seed, int(np.argmax(val_acc)) + 1, val=False)
+            accs.append(float(np.mean(model.predict(xs[te], verbose=0).argmax(axis=1) == ys[te])))
+        cells = " ".join(f"{a:.2f}" for a in accs)
+        print(f"{members:5d} {np.mean(accs):6.3f} {min(accs):6.3f} {max(accs):6.3f}   {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
