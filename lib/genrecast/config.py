@@ -160,7 +160,8 @@ class TrainConf(_Section):
     refit: bool = False
     # Pooled head only: this many heads on the same pooled features, trained together, their
     # probabilities averaged and their embeddings side by side (embedding_dim each). One head's
-    # test accuracy swung 0.42-0.64 with its seed on the demo; the mean of 5 is steadier.
+    # test accuracy moved 0.22-0.64 with its seed on the demo; 5 heads: +0.02-0.03 in 3 of 4
+    # settings measured, -0.04 in one (BENCHMARKS.md), so 1 stays the default.
     head_ensemble: int = Field(1, ge=1, le=16)
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)

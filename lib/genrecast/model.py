@@ -108,8 +108,8 @@ def _head(x: Any, n_genres: int, embedding_dim: int, dropout: float, members: in
     ``members`` > 1 (``train.head_ensemble``): that many such heads after the shared batch-norm,
     trained together (each its own dropout, embedding and softmax weights), ``genre_probs`` the
     mean of their softmaxes (:class:`genrecast.keras_layers.MemberSoftmaxMean`) and ``embedding``
-    their embeddings side by side (members x embedding_dim). One seeded head on ~150 tracks gave
-    test accuracies from 0.42 to 0.64; the mean of several is steadier (BENCHMARKS.md)."""
+    their embeddings side by side (members x embedding_dim). One head on ~150 tracks gave test
+    accuracies from 0.22 to 0.64 with its seed (BENCHMARKS.md, ``bench/head_ensemble.py``)."""
     layers = keras().layers
     # The features differ in scale by orders of magnitude (batch-normed 200-d vs raw max-pooled
     # activations): standardise them, or the first steps blow the softmax up (loss ~16 seen).
