@@ -195,28 +195,3 @@ def test_pool_indices_pick_evenly_spread_clips(n_clips, pool_clips, want):
     got = pool_indices(n_clips, pool_clips)
     assert list(got) == want
     assert len(set(got)) == len(got) and all(0 <= i < n_clips for i in got)
-
-
-def test_head_ensemble_averages_its_members_softmaxes(tmp_path):
-    """``train.head_ensemble``: the head's probabilities are the mean of each member's softmax over
-    its own slice of the side-by-side embedding, and a saved model loads with the same output."""
-    from genrecast.model import EMBEDDING_LAYER, PROBS_LAYER, _head, keras, load_model
-
-    k = keras()
-    inputs = k.Input(shape=(12,))
-    head = k.Model(inputs, _head(inputs, n_genres=4, embedding_dim=5, dropout=0.3, members=3))
-    rows = np.random.default_rng(0).normal(size=(7, 12)).astype(np.float32)
-    embedding = k.Model(head.inputs, head.get_layer(EMBEDDING_LAYER).output)(rows, training=False).numpy()
-    assert embedding.shape == (7, 15)
-    kernel, bias = head.get_layer(PROBS_LAYER).get_weights()
-    assert kernel.shape == (3, 5, 4) and bias.shape == (3, 4)
-    want = np.zeros((7, 4))
-    for m in range(3):
-        logits = embedding[:, 5 * m : 5 * (m + 1)] @ kernel[m] + bias[m]
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        want += e / e.sum(axis=1, keepdims=True) / 3
-    got = head(rows, training=False).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
-    head.save(tmp_path / "head.keras")
-    np.testing.assert_allclose(load_model(str(tmp_path / "head.keras"))(rows, training=False).numpy(), got, atol=1e-6)

@@ -68,8 +68,6 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
         ("train: {pool_clips: 3}\n", {}, "key 'train.pool_clips': only used with train.head pooled"),
         ("train: {pool_clips: -1}\n", {}, "key 'train.pool_clips'"),
         ("train: {refit: true}\n", {}, "key 'train.refit': only built for train.head pooled"),
-        ("train: {head_ensemble: 5}\n", {}, "key 'train.head_ensemble': only built for train.head pooled"),
-        ("train: {head_ensemble: 0}\n", {}, "key 'train.head_ensemble'"),
         (
             "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
             "train: {backbone: vgg-msd, head: pooled, refit: true, split: {val: 0}}\n",

@@ -149,8 +149,7 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     """``train.head: pooled``: the head trains on per-track mean + std of the frozen backbone's
     clip features, in the same barrier + MultiWorkerMirroredStrategy path; model.json records the
     head and ``pool_clips``, and the Predictor scores a track with the head applied to the pooled
-    features of the clips training pooled (here 1 of each track's 3: the middle one). Two heads
-    (``head_ensemble``): their averaged probabilities and joined embeddings go the same way."""
+    features of the clips training pooled (here 1 of each track's 3: the middle one)."""
     from genrecast import backbone
     from genrecast.dataset import scores_uri
     from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pool_indices, pooled_parts
@@ -164,14 +163,13 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
         "genres: [low, high, noise]\n"
         "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
         "train: {epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " head: pooled, pool_clips: 1, refit: true, head_ensemble: 2, learning_rate: 0.01}\n",
+        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01}\n",
     )
     assert run_ingest(cfg, spark).tracks_ok == 18
     result = run_train(cfg, spark)
     assert len({w["weights_sha256"] for w in result.workers}) == 1
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["training"]["head"] == "pooled" and meta["training"]["pool_clips"] == 1
-    assert meta["training"]["head_ensemble"] == 2
     # refit: the epochs validation chose (its best accuracy's), then on train + validation tracks
     val_acc = result.workers[0]["history"]["val_accuracy"]
     assert meta["training"]["refit_epochs"] == val_acc.index(max(val_acc)) + 1 <= meta["training"]["epochs_run"]
@@ -221,7 +219,7 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     np.testing.assert_allclose(model(clips[0], training=False).numpy()[0], every[0][0], atol=1e-5)
     # Clip-level outputs: one row per clip (each clip as a one-clip track).
     clip_probs, clip_embs = predictor.predict(clips[0])
-    assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 2 * 16)  # 2 heads
+    assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 16)
     with pytest.raises(JobError, match="training.head is 'clip' but the model has a track_pool layer"):
         Predictor(model, meta["genres"], head="clip")
     with pytest.raises(JobError, match="training.pool_clips is 2 for a 'clip' head"):

@@ -158,11 +158,6 @@ class TrainConf(_Section):
     # validation tracks together for the best epoch count (validation picks the epochs, then
     # its tracks train too; the head's epochs cost ~0.3 s on rows already computed).
     refit: bool = False
-    # Pooled head only: this many heads on the same pooled features, trained together, their
-    # probabilities averaged and their embeddings side by side (embedding_dim each). One head's
-    # test accuracy moved 0.22-0.64 with its seed on the demo; 5 heads: +0.02-0.03 in 3 of 4
-    # settings measured, -0.04 in one (BENCHMARKS.md), so 1 stays the default.
-    head_ensemble: int = Field(1, ge=1, le=16)
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
@@ -330,8 +325,6 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     if cfg.train.refit and not cfg.train.split.val:
         # No validation tracks: nothing picks the epoch count and nothing is left to add.
         raise ConfigError(f"{file}: key 'train.refit': needs validation tracks (train.split.val > 0)")
-    if cfg.train.head_ensemble > 1 and cfg.train.head != "pooled":
-        raise ConfigError(f"{file}: key 'train.head_ensemble': only built for train.head pooled (set it to 1)")
     if cfg.train.pool_clips and cfg.train.head != "pooled":
         raise ConfigError(f"{file}: key 'train.pool_clips': only used with train.head pooled (set it to 0)")
     if cfg.train.head == "pooled":

@@ -46,34 +46,3 @@ class TrackPool(k.layers.Layer):
         mean = tf.reduce_mean(feats, axis=0, keepdims=True)
         std = tf.sqrt(tf.reduce_mean(tf.square(feats - mean), axis=0, keepdims=True))
         return tf.concat([mean, std], axis=-1)
-
-
-@k.saving.register_keras_serializable(package="genrecast")
-class MemberSoftmaxMean(k.layers.Layer):
-    """``train.head_ensemble``: the side-by-side embeddings of ``members`` heads
-    ``(b, members * E)`` -> ``(b, n_genres)``, the mean of each member's own softmax (member
-    ``i`` reads only its own slice ``[i*E, (i+1)*E)``): an ensemble of softmax classifiers in one
-    layer, so the embedding they share is on the path to the output."""
-
-    def __init__(self, members: int, n_genres: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.members, self.n_genres = members, n_genres
-
-    def build(self, input_shape: Any) -> None:
-        width = int(input_shape[-1])
-        if width % self.members:
-            raise ValueError(f"embedding width {width} is not a multiple of {self.members} members")
-        self.kernel = self.add_weight(
-            name="kernel", shape=(self.members, width // self.members, self.n_genres), initializer="glorot_uniform"
-        )
-        self.bias = self.add_weight(name="bias", shape=(self.members, self.n_genres), initializer="zeros")
-
-    def call(self, embedding: Any) -> Any:
-        import tensorflow as tf
-
-        per_member = tf.reshape(embedding, (-1, self.members, self.kernel.shape[1]))
-        logits = tf.einsum("bme,meg->bmg", per_member, self.kernel) + self.bias
-        return tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=1)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "members": self.members, "n_genres": self.n_genres}

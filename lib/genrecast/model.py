@@ -103,31 +103,16 @@ def _backbone_trunk(n_mels: int, frames: int, backbone: str) -> tuple[Any, Any]:
     return inputs, (k.layers.Concatenate(name="backbone_features")(feats) if isinstance(feats, list) else feats)
 
 
-def _head(x: Any, n_genres: int, embedding_dim: int, dropout: float, members: int = 1) -> Any:
-    """Features -> probabilities: batch-norm, dropout, the ``embedding`` layer, dropout, softmax.
-    ``members`` > 1 (``train.head_ensemble``): that many such heads after the shared batch-norm,
-    trained together (each its own dropout, embedding and softmax weights), ``genre_probs`` the
-    mean of their softmaxes (:class:`genrecast.keras_layers.MemberSoftmaxMean`) and ``embedding``
-    their embeddings side by side (members x embedding_dim). One head on ~150 tracks gave test
-    accuracies from 0.22 to 0.64 with its seed (BENCHMARKS.md, ``bench/head_ensemble.py``)."""
+def _head(x: Any, n_genres: int, embedding_dim: int, dropout: float) -> Any:
+    """Features -> probabilities: batch-norm, dropout, the ``embedding`` layer, dropout, softmax."""
     layers = keras().layers
     # The features differ in scale by orders of magnitude (batch-normed 200-d vs raw max-pooled
     # activations): standardise them, or the first steps blow the softmax up (loss ~16 seen).
     x = layers.BatchNormalization(momentum=0.9, synchronized=True, name="feature_bn")(x)
-    if members == 1:
-        x = layers.Dropout(dropout)(x)
-        embedding = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
-        x = layers.Dropout(dropout)(embedding)
-        return layers.Dense(n_genres, activation="softmax", name=PROBS_LAYER)(x)
-    from genrecast.keras_layers import MemberSoftmaxMean
-
-    members_out = [
-        layers.Dense(embedding_dim, activation="relu", name=f"{EMBEDDING_LAYER}_{i}")(layers.Dropout(dropout)(x))
-        for i in range(members)
-    ]
-    embedding = layers.Concatenate(name=EMBEDDING_LAYER)(members_out)
+    x = layers.Dropout(dropout)(x)
+    embedding = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(dropout)(embedding)
-    return MemberSoftmaxMean(members, n_genres, name=PROBS_LAYER)(x)
+    return layers.Dense(n_genres, activation="softmax", name=PROBS_LAYER)(x)
 
 
 def build_backbone_model(
@@ -155,22 +140,20 @@ def build_pooled_model(
     backbone: str,
     embedding_dim: int = 128,
     dropout: float = 0.3,
-    members: int = 1,
 ) -> Any:
     """Uncompiled ``train.head: pooled`` model: the clips of ONE track (n_clips, n_mels, frames)
     dB -> frozen ``backbone`` features (n_clips, F) -> ``track_pool`` (their mean and std over
     the clips, (1, 2F)) -> the nested model ``head`` (2F -> (1, n_genres) probabilities, with the
     ``embedding`` and ``genre_probs`` layers), which is what trains, on pooled track vectors
     (:func:`pool_clip_features`). Scoring runs the part before ``track_pool`` over many tracks'
-    clips at once and the head on the pooled rows (:class:`genrecast.score.Predictor`).
-    ``members``: heads averaged (``train.head_ensemble``, :func:`_head`)."""
+    clips at once and the head on the pooled rows (:class:`genrecast.score.Predictor`)."""
     from genrecast.keras_layers import TrackPool
 
     k = keras()
     inputs, feats = _backbone_trunk(n_mels, frames, backbone)
     dim = int(feats.shape[-1])
     head_in = k.Input(shape=(2 * dim,), name="pooled_features")
-    head = k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout, members), name=HEAD_LAYER)
+    head = k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
     pooled = TrackPool(name=TRACK_POOL_LAYER)(feats)
     return k.Model(inputs, head(pooled), name=f"genrecast_{backbone.replace('-', '_')}_pooled")
 

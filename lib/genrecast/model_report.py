@@ -29,7 +29,7 @@ class Entry:
 
 
 def describe(meta: dict[str, Any]) -> str:
-    """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips, 5 heads``."""
+    """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips``."""
     backbone = meta.get("backbone")
     if not backbone or backbone == "scratch":
         return "scratch CNN"
@@ -38,10 +38,7 @@ def describe(meta: dict[str, Any]) -> str:
     name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
     options = predictor_options(meta)
     head, clips = options["head"], options["pool_clips"]
-    heads = int(meta.get("training", {}).get("head_ensemble", 1))
-    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "") + (
-        f", {heads} heads" if heads > 1 else ""
-    )
+    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "")
 
 
 def compare(entries: list[Entry]) -> dict[str, Any]:

@@ -383,7 +383,6 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "backbone": cfg.train.backbone,
         "head": cfg.train.head,
         "pool_clips": cfg.train.pool_clips,
-        "head_ensemble": cfg.train.head_ensemble,
         # train.refit: steps of an epoch over the train + validation tracks (the same on every worker)
         "refit_steps": (
             math.ceil((len(train_ids) + split_counts(assignment)[VAL]) / global_batch) if cfg.train.refit else 0
@@ -421,7 +420,6 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
         "pool_clips": cfg.train.pool_clips,  # and, for a pooled head, the clips it pools
         "refit_epochs": chief.get("refit_epochs"),  # train.refit: epochs on train + validation, else None
-        "head_ensemble": cfg.train.head_ensemble,  # heads averaged (pooled head), 1 = one head
         "augment": cfg.train.augment.model_dump(),
         "worker_peak_rss_mb": [r.get("peak_rss_mb") for r in results],
         **({"feature_pass": [r["feature_pass"] for r in results]} if pooled else {}),

@@ -261,12 +261,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             )
         elif pooled:
             net = build_pooled_model(
-                cfg.audio.n_mels,
-                cfg.audio.clip_frames,
-                len(spec["genres"]),
-                backbone,
-                spec["embedding_dim"],
-                members=spec.get("head_ensemble", 1),
+                cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
             )
         else:
             net = build_backbone_model(

@@ -1,22 +1,23 @@
-"""How much a pooled head's test accuracy depends on its random seed, and what averaging several
-heads (``train.head_ensemble``) does about it, on a trained model's split.
+"""How much a pooled head's test accuracy depends on its random seed, on a trained model's split.
 
-The frozen backbone's features of every clip are computed once; then, per seed and per ensemble
-size, the product's head (:func:`genrecast.model._head` as ``build_pooled_model`` wraps it,
-``compile_model``, ``vector_batches``) trains as ``train`` does with ``refit``: early stopping on
-the validation tracks (patience from the config), then a fresh head on train + validation for the
-best epoch count. One process, one worker (train's job runs two workers on half batches each:
-the same global batch). Printed: test track accuracy per seed and its mean / spread, against a
-standardised logistic regression on the same rows (train + val). The dataset must have been
-ingested with the backbone's audio profile.
+The frozen backbone's features of every clip are computed once; then, per seed, the product's
+head (:func:`genrecast.model._head` as ``build_pooled_model`` wraps it, ``compile_model``,
+``vector_batches``, train's steps per epoch) trains as ``train`` does with ``refit``: early
+stopping on the validation tracks (patience from the config), then a fresh head on train +
+validation for the best epoch count, on the model's ``pool_clips``. One process, one worker
+(train's job runs two workers on half batches each: the same global batch). Printed: test track
+accuracy per seed (with the refit's epochs), their mean / spread, and a standardised logistic
+regression on the same rows (train + val). The dataset must have been ingested with the
+backbone's audio profile.
 
 Usage (environment as for the training run, e.g. GENRECAST__STORAGE__ROOT=... GENRECAST__AUDIO__...):
-  .venv/bin/python bench/head_ensemble.py --conf conf/backbone.yaml --model MODEL_ID [--members 1 5] [--seeds 5]
+  .venv/bin/python bench/head_seeds.py --conf conf/backbone.yaml --model MODEL_ID [--seeds 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -26,7 +27,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conf", default="conf/backbone.yaml")
     parser.add_argument("--model", required=True, help="model id whose split (model.json) is used")
-    parser.add_argument("--members", type=int, nargs="+", default=[1, 5], help="ensemble sizes to compare")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--pool-clips", type=int, default=None, help="default: the model's training.pool_clips")
     args = parser.parse_args()
@@ -64,13 +64,13 @@ def main() -> None:
 
     k = keras()
 
-    def head(members: int) -> object:
+    def head() -> object:
         inputs = k.Input(shape=(xs.shape[1],))
-        model = k.Model(inputs, _head(inputs, len(genres), cfg.train.embedding_dim, 0.3, members))
+        model = k.Model(inputs, _head(inputs, len(genres), cfg.train.embedding_dim, 0.3))
         return compile_model(model, cfg.train.learning_rate)
 
     def fit(model: object, mask: np.ndarray, seed: int, epochs: int, val: bool) -> list[float]:
-        steps = max(1, int(mask.sum()) // batch)
+        steps = max(1, math.ceil(int(mask.sum()) / batch))  # as train's steps and refit_steps
         callbacks = [k.callbacks.EarlyStopping("val_accuracy", mode="max", patience=cfg.train.patience)] if val else []
         history = model.fit(
             vector_batches(xs[mask], ys[mask], batch, seed=seed),
@@ -84,18 +84,18 @@ def main() -> None:
 
     baseline = report.baseline_mfcc_logreg(xs[tv], ys[tv], xs[te])  # standardised logistic regression
     print(f"\nlogistic regression on the same rows (train + val): {np.mean(baseline == ys[te]):.3f}")
-    print(f"{'heads':>5} {'mean':>6} {'min':>6} {'max':>6}   per seed (early stop on val, refit on train + val)")
-    for members in args.members:
-        accs = []
-        for seed in range(args.seeds):
-            k.utils.set_random_seed(seed)
-            val_acc = fit(head(members), tr, seed, cfg.train.epochs, val=True)
-            k.utils.set_random_seed(seed)
-            model = head(members)
-            fit(model, tv, seed, int(np.argmax(val_acc)) + 1, val=False)
-            accs.append(float(np.mean(model.predict(xs[te], verbose=0).argmax(axis=1) == ys[te])))
-        cells = " ".join(f"{a:.2f}" for a in accs)
-        print(f"{members:5d} {np.mean(accs):6.3f} {min(accs):6.3f} {max(accs):6.3f}   {cells}", flush=True)
+    print(f"{'mean':>6} {'min':>6} {'max':>6}   per seed: accuracy@refit epochs (early stop on val)")
+    accs, chosen = [], []
+    for seed in range(args.seeds):
+        k.utils.set_random_seed(seed)
+        val_acc = fit(head(), tr, seed, cfg.train.epochs, val=True)
+        chosen.append(int(np.argmax(val_acc)) + 1)
+        k.utils.set_random_seed(seed)
+        model = head()
+        fit(model, tv, seed, chosen[-1], val=False)
+        accs.append(float(np.mean(model.predict(xs[te], verbose=0).argmax(axis=1) == ys[te])))
+    cells = " ".join(f"{a:.2f}@{e}" for a, e in zip(accs, chosen, strict=True))
+    print(f"{np.mean(accs):6.3f} {min(accs):6.3f} {max(accs):6.3f}   {cells}", flush=True)
 
 
 if __name__ == "__main__":
