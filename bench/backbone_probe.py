@@ -18,6 +18,19 @@ import time
 import numpy as np
 
 
+def clip_features(name: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Dataset mel clips (n, n_mels, frames) dB -> (the frozen backbone ``name``'s features the
+    pooled head reads, (n, F); milliseconds a clip)."""
+    from genrecast.backbone import backbone_spec, build_backbone, clips_to_backbone_input, feature_model
+    from genrecast.model import BACKBONE_FEATURES
+
+    feats_model = feature_model(build_backbone(name), BACKBONE_FEATURES[backbone_spec(name).arch])
+    t0 = time.perf_counter()
+    out = feats_model.predict(clips_to_backbone_input(x), batch_size=32, verbose=0)
+    out = np.concatenate(out, axis=1) if isinstance(out, list) else out
+    return out, 1e3 * (time.perf_counter() - t0) / len(x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conf", default="conf/local.yaml")
@@ -32,10 +45,9 @@ def main() -> None:
     import tensorflow as tf
 
     from genrecast import registry, report
-    from genrecast.backbone import backbone_spec, build_backbone, check_profile, clips_to_backbone_input, feature_model
+    from genrecast.backbone import check_profile
     from genrecast.config import load_config
     from genrecast.features import mfcc_stats
-    from genrecast.model import BACKBONE_FEATURES
     from genrecast.train_worker import load_clips
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -65,12 +77,7 @@ def main() -> None:
     results = [("MFCC statistics (mean + std)", score(track_stats(np.stack([mfcc_stats(c) for c in x]))), 0.0)]
     for name in args.backbones:
         check_profile(cfg.audio, name)
-        model = build_backbone(name)
-        feats_model = feature_model(model, BACKBONE_FEATURES[backbone_spec(name).arch])
-        t0 = time.perf_counter()
-        out = feats_model.predict(clips_to_backbone_input(x), batch_size=32, verbose=0)
-        out = np.concatenate(out, axis=1) if isinstance(out, list) else out
-        ms = 1e3 * (time.perf_counter() - t0) / len(x)
+        out, ms = clip_features(name, x)
         results.append((f"{name} frozen features", score(track_stats(out)), ms))
     print(f"\nsplit: fitted on {len(fit)} {args.fit} tracks, {len(test)} test tracks (model {args.model})")
     print(f"{'features + logistic regression':40} {'test track acc':>14} {'ms/clip (1 thread)':>19}")

@@ -1,7 +1,7 @@
 """How much a pooled head's test accuracy depends on its random seed, on a trained model's split.
 
 The frozen backbone's features of every clip are computed once; then, per seed, the product's
-head (:func:`genrecast.model._head` as ``build_pooled_model`` wraps it, ``compile_model``,
+head (:func:`genrecast.model.build_pooled_head`, ``compile_model``,
 ``vector_batches``, train's steps per epoch) trains as ``train`` does with ``refit``: early
 stopping on the validation tracks (patience from the config), then a fresh head on train +
 validation for the best epoch count, on the model's ``pool_clips``. One process, one worker
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 
@@ -32,11 +31,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import tensorflow as tf
+    from backbone_probe import clip_features  # bench/, beside this script
 
     from genrecast import registry, report
-    from genrecast.backbone import backbone_spec, build_backbone, clips_to_backbone_input, feature_model
     from genrecast.config import load_config
-    from genrecast.model import BACKBONE_FEATURES, _head, compile_model, keras, pool_clip_features, pool_indices
+    from genrecast.model import build_pooled_head, compile_model, keras, pool_clip_features, pool_indices
     from genrecast.train_worker import load_clips, vector_batches
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -45,15 +44,15 @@ def main() -> None:
     genres, assignment = meta["genres"], registry.read_split(cfg, args.model, meta)
     pool_clips = meta["training"].get("pool_clips", 0) if args.pool_clips is None else args.pool_clips
     x, y, ids = load_clips(cfg, sorted(assignment), genres)  # by (track, clip): time order
-    t0 = time.perf_counter()
     name = meta["backbone"]["name"]
-    trunk = feature_model(build_backbone(name), BACKBONE_FEATURES[backbone_spec(name).arch])
-    out = trunk.predict(clips_to_backbone_input(x), batch_size=32, verbose=0)
-    feats = np.concatenate(out, axis=1) if isinstance(out, list) else out
-    print(f"{len(ids)} clips of {len(set(ids))} tracks through {name} in {time.perf_counter() - t0:.0f}s")
+    feats, ms = clip_features(name, x)
+    print(f"{len(ids)} clips of {len(set(ids))} tracks through {name}: {ms:.0f} ms a clip")
 
     tracks = sorted(set(ids))
-    rows = {t: np.asarray([i for i, c in enumerate(ids) if c == t]) for t in tracks}
+    positions: dict[str, list[int]] = {t: [] for t in tracks}
+    for i, t in enumerate(ids):
+        positions[t].append(i)
+    rows = {t: np.asarray(positions[t]) for t in tracks}
     xs = np.stack([pool_clip_features(feats[rows[t][pool_indices(len(rows[t]), pool_clips)]]) for t in tracks])
     ys = np.asarray([int(y[rows[t][0]]) for t in tracks])
     side = np.asarray([assignment[t] for t in tracks])
@@ -65,9 +64,9 @@ def main() -> None:
     k = keras()
 
     def head() -> object:
-        inputs = k.Input(shape=(xs.shape[1],))
-        model = k.Model(inputs, _head(inputs, len(genres), cfg.train.embedding_dim, 0.3))
-        return compile_model(model, cfg.train.learning_rate)
+        return compile_model(
+            build_pooled_head(feats.shape[1], len(genres), cfg.train.embedding_dim), cfg.train.learning_rate
+        )
 
     def fit(model: object, mask: np.ndarray, seed: int, epochs: int, val: bool) -> list[float]:
         steps = max(1, math.ceil(int(mask.sum()) / batch))  # as train's steps and refit_steps

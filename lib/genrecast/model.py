@@ -151,11 +151,18 @@ def build_pooled_model(
 
     k = keras()
     inputs, feats = _backbone_trunk(n_mels, frames, backbone)
-    dim = int(feats.shape[-1])
-    head_in = k.Input(shape=(2 * dim,), name="pooled_features")
-    head = k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+    head = build_pooled_head(int(feats.shape[-1]), n_genres, embedding_dim, dropout)
     pooled = TrackPool(name=TRACK_POOL_LAYER)(feats)
     return k.Model(inputs, head(pooled), name=f"genrecast_{backbone.replace('-', '_')}_pooled")
+
+
+def build_pooled_head(feature_dim: int, n_genres: int, embedding_dim: int = 128, dropout: float = 0.3) -> Any:
+    """A pooled model's nested ``head``: pooled track rows (m, 2 x ``feature_dim``: mean + std of
+    the clips' backbone features) -> (m, n_genres) probabilities, with the ``embedding`` and
+    ``genre_probs`` layers. The part of :func:`build_pooled_model` that trains."""
+    k = keras()
+    head_in = k.Input(shape=(2 * feature_dim,), name="pooled_features")
+    return k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
 
 
 def pool_clip_features(feats: np.ndarray) -> np.ndarray:
