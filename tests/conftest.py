@@ -236,3 +236,16 @@ def run_while_staging(first: Callable[[], Any], second: Callable[[], Any], table
     a.join(timeout)
     b.join(timeout)
     return outcomes["first"], outcomes["second"]
+
+
+def layers_that_differ(reference, model) -> set[str]:
+    """Names of ``reference``'s weighted layers whose weights differ in ``model``'s layer of that name."""
+    return {
+        layer.name
+        for layer in reference.layers
+        if layer.weights
+        and any(
+            not np.array_equal(a, b)
+            for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights(), strict=True)
+        )
+    }

@@ -18,6 +18,8 @@ from genrecast.config import AudioConf
 from genrecast.errors import ConfigError
 from genrecast.features import log_mel_clips
 
+from conftest import layers_that_differ
+
 REFERENCE = os.path.join(os.path.dirname(__file__), "musicnn_reference.py")
 SECONDS = 7.0  # per render: two whole 187-frame patches each
 TESTED = ("musicnn-msd", "vgg-msd")
@@ -195,3 +197,40 @@ def test_pool_indices_pick_evenly_spread_clips(n_clips, pool_clips, want):
     got = pool_indices(n_clips, pool_clips)
     assert list(got) == want
     assert len(set(got)) == len(got) and all(0 <= i < n_clips for i in got)
+
+
+@pytest.mark.parametrize(
+    ("name", "depth", "trained"),
+    [("musicnn-msd", 2, {"midend_1", "midend_2", "midend_3", "dense"}), ("vgg-msd", 1, {"conv5"})],
+)
+def test_finetune_parts_split_the_backbone_and_train_only_its_upper_layers(music, name, depth, trained):
+    """``train.finetune``: lower + upper compute the pooled model's clip features exactly; the
+    trainer's masked pooling over zero-padded tracks equals ``track_pool`` + head on each track's
+    real clips; a fit step moves the upper part's weighted layers and the head, nothing else
+    (batch-norms and the lower part keep the checkpoint's values)."""
+    from genrecast.model import build_finetune_trainer, build_pooled_model, compile_model, finetune_parts, pooled_parts
+    from genrecast.train_worker import padded_clips
+
+    clips_db = log_mel_clips(music["y"], backbone.MUSICNN_PROFILE.audio_conf())[:4]  # (4, 96, 188)
+    net = build_pooled_model(96, 188, 3, name, embedding_dim=8)
+    features, head = pooled_parts(net)
+    lower, upper = finetune_parts(net, depth)
+    want = features(clips_db, training=False).numpy()
+    cut = lower(clips_db, training=False).numpy()
+    np.testing.assert_allclose(upper(cut, training=False).numpy(), want, atol=1e-5)
+
+    trainer = build_finetune_trainer(upper, head, pool_clips=3)
+    # A track of 3 clips, one of 1 (padded): its std is 0, where sqrt's gradient is not finite.
+    acts, mask = padded_clips([cut[:3], cut[3:4]], 3)
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]] and not acts[1, 1:].any()
+    by_track = np.concatenate([net(clips_db[:3], training=False).numpy(), net(clips_db[3:4], training=False).numpy()])
+    np.testing.assert_allclose(trainer([acts, mask], training=False).numpy(), by_track, atol=1e-5)
+
+    reference = build_pooled_model(96, 188, 3, name, embedding_dim=8).get_layer("backbone")
+    head_before = head.get_weights()
+    compile_model(trainer, 1e-2).fit((acts, mask), np.array([0, 2]), epochs=1, batch_size=2, verbose=0)
+    assert all(np.isfinite(w).all() for w in trainer.get_weights())
+    assert layers_that_differ(reference, net.get_layer("backbone")) == trained
+    assert any(not np.array_equal(a, b) for a, b in zip(head_before, head.get_weights(), strict=True))
+    with pytest.raises(ValueError, match="finetune depth 3"):
+        finetune_parts(net, 3)

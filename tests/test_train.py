@@ -14,7 +14,7 @@ from genrecast.ingest import run_ingest
 from genrecast.storage import Storage
 from genrecast.train import run_train
 
-from conftest import write_config, write_labelled_catalogue
+from conftest import layers_that_differ, write_config, write_labelled_catalogue
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +181,11 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
 
     split = registry.read_split(cfg, result.model_id, meta)
     x, _y, ids = load_clips(cfg, sorted(split), meta["genres"])
-    # The workers featurised the train and validation tracks between them, every clip once.
+    # The workers read the train and validation tracks between them, every clip once, and sent
+    # only each track's pooled clip (pool_clips 1) through the backbone.
     passes = meta["training"]["feature_pass"]
-    assert sum(p["clips"] for p in passes) == sum(split[t] != "test" for t in ids), passes
+    assert sum(p["read_clips"] for p in passes) == sum(split[t] != "test" for t in ids), passes
+    assert sum(p["clips"] for p in passes) == sum(side != "test" for side in split.values()), passes
     tracks = sorted(set(ids))
     clips = [x[[i for i, t in enumerate(ids) if t == track]] for track in tracks]
     assert {len(c) for c in clips} == {3} and list(pool_indices(3, 1)) == [1]
@@ -227,3 +229,36 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     # The notebooks' test-split helper scores as the train job's evaluation did.
     preds = predict_test_split(cfg, result.model_id)
     assert float(preds.tracks["correct"].mean()) == pytest.approx(result.metrics["cnn_track"]["accuracy"])
+
+
+def test_finetune_trains_the_upper_backbone_layers_distributed(tmp_path, spark):
+    """``train.finetune: 1``: after the pooled head, the backbone's last conv block trains with it
+    in the same barrier + MultiWorkerMirroredStrategy path; the replicas end identical, the layers
+    below the cut and every batch-norm keep the checkpoint's weights, model.json records the epochs
+    kept, and the saved model holds the fine-tuned weights. No validation tracks here:
+    every finetune epoch is kept (with them, validation decides: the demo run in BENCHMARKS.md)."""
+    from genrecast import backbone
+    from genrecast.model import BACKBONE_FEATURES
+
+    write_labelled_catalogue(tmp_path, np.random.default_rng(2), 4, seconds=6.5, artists=2)
+    cfg = write_config(
+        tmp_path,
+        "genres: [low, high, noise]\n"
+        "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
+        "train: {epochs: 3, batch_size: 8, workers: 2, embedding_dim: 8, backbone: vgg-msd, head: pooled,"
+        " pool_clips: 2, finetune: 1, finetune_epochs: 2, finetune_learning_rate: 0.01, split: {val: 0}}\n",
+    )
+    assert run_ingest(cfg, spark).tracks_ok == 12
+    result = run_train(cfg, spark)
+    assert len({w["weights_sha256"] for w in result.workers}) == 1
+    meta = registry.read_model_json(cfg, result.model_id)
+    assert meta["training"]["finetune"] == {"depth": 1, "epochs": 2, "learning_rate": 0.01}
+    assert len(result.workers[0]["history"]["finetune_loss"]) == 2
+    # 2 of each train track's 3 clips went through the backbone's lower part, once.
+    split = registry.read_split(cfg, result.model_id, meta)
+    passes = meta["training"]["feature_pass"]
+    assert sum(p["clips"] for p in passes) == 2 * sum(side == "train" for side in split.values()), passes
+    model, _ = registry.load_model(cfg, result.model_id)
+    fresh = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
+    assert layers_that_differ(fresh, model.get_layer("backbone")) == {"conv5"}
+    assert result.metrics["cnn_track"]["n"] == sum(side == "test" for side in split.values())

@@ -158,6 +158,13 @@ class TrainConf(_Section):
     # validation tracks together for the best epoch count (validation picks the epochs, then
     # its tracks train too; the head's epochs cost ~0.3 s on rows already computed).
     refit: bool = False
+    # Pooled head only: after the head has trained on frozen features, train the backbone's upper
+    # layers with it (genrecast.model.FINETUNE_CUTS: 1 = musicnn's back-end dense layer, 2 = its
+    # mid end too; batch-norms stay frozen) at finetune_learning_rate, for up to finetune_epochs,
+    # early-stopped on validation, kept only where validation beats the head alone; 0 = frozen.
+    finetune: int = Field(0, ge=0, le=2)
+    finetune_learning_rate: float = Field(1e-4, gt=0)
+    finetune_epochs: int = Field(10, gt=0)
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
@@ -325,6 +332,11 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     if cfg.train.refit and not cfg.train.split.val:
         # No validation tracks: nothing picks the epoch count and nothing is left to add.
         raise ConfigError(f"{file}: key 'train.refit': needs validation tracks (train.split.val > 0)")
+    if cfg.train.finetune and not (cfg.train.head == "pooled" and cfg.train.pool_clips):
+        # The upper part's inputs are kept per pooled clip: bounded only with pool_clips.
+        raise ConfigError(
+            f"{file}: key 'train.finetune': only built for train.head pooled with train.pool_clips > 0 (set it to 0)"
+        )
     if cfg.train.pool_clips and cfg.train.head != "pooled":
         raise ConfigError(f"{file}: key 'train.pool_clips': only used with train.head pooled (set it to 0)")
     if cfg.train.head == "pooled":

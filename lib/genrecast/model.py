@@ -165,6 +165,77 @@ def build_pooled_head(feature_dim: int, n_genres: int, embedding_dim: int = 128,
     return k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
 
 
+# train.finetune: the layer where a backbone's trained upper part starts, per depth. Every path
+# from the input to the features passes through it, so the part below runs once per clip and its
+# output is kept (:func:`finetune_parts`). musicnn: 1 = its back end (the 200-unit dense layer
+# under ``penultimate``), 2 = the mid end's three convs too; vgg: its last conv block, or two.
+FINETUNE_CUTS = {"musicnn": ("midend", "frontend"), "vgg": ("pool4_map", "pool3_map")}
+
+
+def finetune_parts(model: Any, depth: int) -> tuple[Any, Any]:
+    """A pooled model (:func:`build_pooled_model`) -> (lower: (n, n_mels, frames) dB clips ->
+    (n, *cut) activations at the cut ``FINETUNE_CUTS[arch][depth - 1]``, upper: those activations
+    -> (n, F) backbone features, as the model's ``track_pool`` receives them), sharing the model's
+    weights. Marks the upper part's weighted layers trainable, batch-norms excepted: they keep
+    their pretrained statistics and scale, and both parts run in inference mode (no dropout)."""
+    k = keras()
+    trunk = model.get_layer("backbone")
+    arch = "musicnn" if any(layer.name == "frontend" for layer in trunk.layers) else "vgg"
+    if not 1 <= depth <= len(FINETUNE_CUTS[arch]):
+        raise ValueError(f"finetune depth {depth}: {arch} has depths 1-{len(FINETUNE_CUTS[arch])}")
+    cut = trunk.get_layer(FINETUNE_CUTS[arch][depth - 1]).output
+    upper_raw = k.Model(cut, trunk.outputs, name="backbone_upper")
+    trunk.trainable = True  # Keras: a frozen parent freezes every child, whatever its own flag
+    for layer in trunk.layers:
+        layer.trainable = False
+    upper_layers = {id(layer) for layer in upper_raw.layers}
+    for layer in trunk.layers:
+        if id(layer) in upper_layers and layer.weights and not isinstance(layer, k.layers.BatchNormalization):
+            layer.trainable = True
+    clips = k.Input(shape=model.input_shape[1:], name="mel")
+    below = k.Model(trunk.inputs, cut)
+    lower = k.Model(clips, below(model.get_layer("backbone_input")(clips), training=False), name="backbone_lower")
+    cut_in = k.Input(shape=tuple(cut.shape[1:]), name="cut")
+    feats = upper_raw(cut_in, training=False)
+    if isinstance(feats, list):
+        feats = k.layers.Concatenate(name="backbone_features")(feats)
+    return lower, k.Model(cut_in, feats, name="backbone_upper_features")
+
+
+def build_finetune_trainer(upper: Any, head: Any, pool_clips: int) -> Any:
+    """``train.finetune``'s training model: (cut activations (b, P, *cut) of each track's pooled
+    clips, zero-padded to P = ``pool_clips``, and their mask (b, P): 1 for a real clip) ->
+    ``upper`` features per clip -> their masked mean and std per track (what ``track_pool``
+    computes over one track's clips, :func:`pool_clip_features`) -> ``head`` -> (b, n_genres)
+    probabilities. Never saved: it shares ``upper``'s and ``head``'s weights with the pooled
+    model, which is."""
+    import tensorflow as tf
+
+    k = keras()
+    cut_shape = tuple(upper.input_shape[1:])
+
+    class FinetuneTrainer(k.Model):
+        def __init__(self) -> None:
+            super().__init__(name="pooled_finetune")
+            self.upper, self.head = upper, head  # tracked: their trainable weights are ours
+
+        def call(self, inputs: Any, training: Any = None) -> Any:
+            acts, mask = inputs
+            feats = self.upper(tf.reshape(acts, (-1, *cut_shape)), training=False)
+            feats = tf.reshape(feats, (-1, pool_clips, feats.shape[-1]))
+            w = tf.cast(mask, feats.dtype)[..., None]
+            n = tf.reduce_sum(w, axis=1)
+            mean = tf.reduce_sum(feats * w, axis=1) / n
+            var = tf.reduce_sum(tf.square(feats - mean[:, None]) * w, axis=1) / n
+            # sqrt's gradient at 0 is infinite: a feature equal over a track's clips (a dead ReLU,
+            # one clip) made every weight NaN in the first step. Same value, zero gradient there.
+            positive = var > 0
+            std = tf.where(positive, tf.sqrt(tf.where(positive, var, 1.0)), 0.0)
+            return self.head(tf.concat([mean, std], axis=-1), training=training)
+
+    return FinetuneTrainer()
+
+
 def pool_clip_features(feats: np.ndarray) -> np.ndarray:
     """One track's clip features (n_clips, F) -> (2F,) float32: their mean, then their standard
     deviation (population, 0 for one clip), over the clips: the input of a pooled model's head,

@@ -124,11 +124,17 @@ def plot_curves(history: dict[str, list[float]], path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for key, ax in (("loss", ax1), ("accuracy", ax2)):
+        head_epochs = len(history.get(key, []))
         for prefix in ("", "val_"):
             if prefix + key in history:
                 ax.plot(
                     range(1, len(history[prefix + key]) + 1), history[prefix + key], label=(prefix or "train_") + key
                 )
+            # train.finetune's epochs continue the head's on the same axis
+            tuned = history.get(f"finetune_{prefix}{key}")
+            if tuned:
+                xs = range(head_epochs + 1, head_epochs + len(tuned) + 1)
+                ax.plot(xs, tuned, "--", label=f"finetune {(prefix or 'train_') + key}")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

@@ -383,6 +383,12 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "backbone": cfg.train.backbone,
         "head": cfg.train.head,
         "pool_clips": cfg.train.pool_clips,
+        "finetune": cfg.train.finetune,
+        "finetune_learning_rate": cfg.train.finetune_learning_rate,
+        "finetune_epochs": cfg.train.finetune_epochs,
+        # pooled head: each train and validation track's clip count, so a worker sends only the
+        # clips it pools through the backbone
+        "track_clips": {t: n for t, n in track_clips.items() if assignment[t] in (TRAIN, VAL)} if pooled else {},
         # train.refit: steps of an epoch over the train + validation tracks (the same on every worker)
         "refit_steps": (
             math.ceil((len(train_ids) + split_counts(assignment)[VAL]) / global_batch) if cfg.train.refit else 0
@@ -420,6 +426,9 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
         "pool_clips": cfg.train.pool_clips,  # and, for a pooled head, the clips it pools
         "refit_epochs": chief.get("refit_epochs"),  # train.refit: epochs on train + validation, else None
+        # train.finetune: its depth and the epochs validation kept (0: the head alone won), else None
+        "finetune": {"depth": cfg.train.finetune, "epochs": chief.get("finetune_epochs"),
+                     "learning_rate": cfg.train.finetune_learning_rate} if cfg.train.finetune else None,
         "augment": cfg.train.augment.model_dump(),
         "worker_peak_rss_mb": [r.get("peak_rss_mb") for r in results],
         **({"feature_pass": [r["feature_pass"] for r in results]} if pooled else {}),

@@ -126,30 +126,39 @@ def val_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
     return _batches(reader, spec["genres"], per_replica_batch, augment=cfg.train.augment), reader
 
 
-def track_vectors(
-    cfg: Any, tracks: list[str], genres: list[str], features: Any, batch: int, pool_clips: int = 0
-) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """``train.head: pooled``: the clips of ``tracks`` streamed from Petastorm through the frozen
-    ``features`` (a callable (b, n_mels, frames) -> (b, F)), ``batch`` clips a call, then pooled
-    per track over the clips :func:`genrecast.model.pool_indices` picks (``train.pool_clips``; 0:
-    all) -> (n_tracks, 2F) float32 rows in ``tracks`` order, (n_tracks,) int32 labels, and the
-    clips and seconds (reading, model). Holds the shard's clip features (F floats a clip: 3.8 KB
-    for musicnn), not its clips. Every clip is featurised: a track's clip count is known only once
-    it is read."""
-    from genrecast.model import pool_clip_features, pool_indices, stack_in_time_order
+def pooled_clip_outputs(
+    cfg: Any,
+    tracks: list[str],
+    genres: list[str],
+    fn: Any,
+    batch: int,
+    pool_clips: int,
+    clip_counts: dict[str, int],
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
+    """``train.head: pooled``: the clips of ``tracks`` streamed from Petastorm; those a pooled
+    head pools (:func:`genrecast.model.pool_indices` of the track's clip count in
+    ``clip_counts``, as the driver counted them; ``pool_clips`` 0: all) go through ``fn`` (a
+    callable (b, n_mels, frames) -> (b, ...)), ``batch`` clips a call. Returns per track its
+    outputs stacked in time order, (n_tracks,) int32 labels in ``tracks`` order, and the counts
+    and seconds (clips read, clips through ``fn``, reading, model). Holds the outputs of the
+    pooled clips, never a clip: for the frozen features 3.8 KB a clip (musicnn)."""
+    from genrecast.model import pool_indices, stack_in_time_order
 
     index = {g: i for i, g in enumerate(genres)}
-    feats: dict[str, list[tuple[int, np.ndarray]]] = {t: [] for t in tracks}
+    wanted = {t: set(pool_indices(clip_counts[t], pool_clips).tolist()) for t in tracks}
+    outs: dict[str, list[tuple[int, np.ndarray]]] = {t: [] for t in tracks}
+    read: dict[str, int] = dict.fromkeys(tracks, 0)
     label: dict[str, int] = {}
-    stats = {"clips": 0, "read_s": 0.0, "model_s": 0.0}
+    stats = {"read_clips": 0, "clips": 0, "read_s": 0.0, "model_s": 0.0}
     pending: list[tuple[str, int, np.ndarray]] = []
 
     def flush() -> None:
         t0 = time.perf_counter()
-        out = np.asarray(features(np.stack([m for _t, _i, m in pending]).astype(np.float32)))
+        out = np.asarray(fn(np.stack([m for _t, _i, m in pending]).astype(np.float32)))
         stats["model_s"] += time.perf_counter() - t0
         for (track_id, clip, _m), row in zip(pending, out, strict=True):
-            feats[track_id].append((clip, row))
+            outs[track_id].append((clip, row))
+        stats["clips"] += len(pending)
         pending.clear()
 
     if tracks:
@@ -158,34 +167,59 @@ def track_vectors(
             t0 = time.perf_counter()
             for row in reader:
                 stats["read_s"] += time.perf_counter() - t0
-                pending.append((row.track_id, int(row.clip_index), row.mel))
+                read[row.track_id] += 1
                 label[row.track_id] = index[row.genre]
-                stats["clips"] += 1
-                if len(pending) >= batch:
-                    flush()
+                stats["read_clips"] += 1
+                if int(row.clip_index) in wanted[row.track_id]:
+                    pending.append((row.track_id, int(row.clip_index), row.mel))
+                    if len(pending) >= batch:
+                        flush()
                 t0 = time.perf_counter()
     if pending:
         flush()
-    missing = [t for t in tracks if not feats[t]]
-    if missing:
-        raise RuntimeError(f"no clips read for {len(missing)} track(s), e.g. {missing[0]}")
+    # The driver counted each track's clips in the same dataset: a difference means it changed.
+    wrong = [t for t in tracks if read[t] != clip_counts[t] or len(outs[t]) != len(wanted[t])]
+    if wrong:
+        t = wrong[0]
+        raise RuntimeError(
+            f"track {t}: read {read[t]} clips, the driver counted {clip_counts[t]} "
+            f"({len(wrong)} track(s) differ): the mel dataset changed during training"
+        )
+    stacked = {t: stack_in_time_order(outs[t]) for t in tracks}
+    return stacked, np.asarray([label[t] for t in tracks], np.int32), stats
 
-    def pooled(track_id: str) -> np.ndarray:
-        rows = stack_in_time_order(feats[track_id])
-        return pool_clip_features(rows[pool_indices(len(rows), pool_clips)])
 
-    x = np.stack([pooled(t) for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
-    return x, np.asarray([label[t] for t in tracks], np.int32), stats
+def through(fn: Any, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """``fn`` over the rows of every array, ``batch`` rows a call -> its outputs split back."""
+    if not arrays:
+        return []
+    rows = np.concatenate(arrays)
+    out = np.concatenate([np.asarray(fn(rows[i : i + batch])) for i in range(0, len(rows), batch)])
+    return np.split(out, np.cumsum([len(a) for a in arrays])[:-1])
 
 
-def vector_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None = None) -> Any:
-    """In-memory track rows -> endless tf.data (row, label) batches of ``batch`` (shuffled
-    every pass with ``seed``; ``None``: in order, for validation)."""
+def padded_clips(outputs: list[np.ndarray], pool_clips: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per track its pooled clips' arrays (p <= ``pool_clips``, ...) -> (n, pool_clips, ...)
+    zero-padded and the (n, pool_clips) float32 mask, 1 for a real clip: the input of
+    :func:`genrecast.model.build_finetune_trainer`."""
+    shape = outputs[0].shape[1:]
+    acts = np.zeros((len(outputs), pool_clips, *shape), np.float32)
+    mask = np.zeros((len(outputs), pool_clips), np.float32)
+    for i, out in enumerate(outputs):
+        acts[i, : len(out)] = out
+        mask[i, : len(out)] = 1.0
+    return acts, mask
+
+
+def vector_batches(x: Any, y: np.ndarray, batch: int, seed: int | None = None) -> Any:
+    """In-memory track rows (an array, or a tuple of arrays: the finetune trainer's inputs) ->
+    endless tf.data (rows, label) batches of ``batch`` (shuffled every pass with ``seed``;
+    ``None``: in order, for validation)."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if seed is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     ds = ds.repeat().batch(batch, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # shards are ours
@@ -208,10 +242,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from genrecast.config import Config
     from genrecast.model import (
         build_backbone_model,
+        build_finetune_trainer,
         build_model,
         build_pooled_model,
         compile_model,
+        finetune_parts,
         keras,
+        pool_clip_features,
         pooled_parts,
         weights_digest,
     )
@@ -276,27 +313,46 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         model = net
     initial = fit_model.get_weights() if spec.get("refit_steps") else None  # train.refit's fresh head
     feature_pass: dict[str, float] = {}
+    depth = int(spec.get("finetune", 0))
     if pooled:
-        # Frozen features, pooled per track, once: every epoch then reads the rows from memory.
+        # Frozen features of the pooled clips, pooled per track, once: every epoch then reads the
+        # rows from memory. train.finetune: the clips go through the backbone's frozen lower part
+        # once, and its output is kept (the fine-tuned upper part starts from it every epoch).
+        pool_clips = spec.get("pool_clips", 0)
         features = pooled_parts(net)[0]
-        infer = tf.function(
-            lambda x: features(x, training=False),
+        if depth:
+            lower, upper = finetune_parts(net, depth)
+            upper_initial = upper.get_weights()
+        clip_fn = tf.function(
+            lambda x: (lower if depth else features)(x, training=False),
             input_signature=[tf.TensorSpec((None, cfg.audio.n_mels, cfg.audio.clip_frames), tf.float32)],
         )
         t0 = time.perf_counter()
-        x_train, y_train, feature_pass = track_vectors(
-            cfg, spec["train_shards"][rank], spec["genres"], infer, 64, spec.get("pool_clips", 0)
+        clip_counts = spec["track_clips"]
+        out_train, y_train, feature_pass = pooled_clip_outputs(
+            cfg, spec["train_shards"][rank], spec["genres"], clip_fn, 64, pool_clips, clip_counts
         )
-        x_val, y_val, val_pass = track_vectors(
-            cfg, spec["val_shards"][rank], spec["genres"], infer, 64, spec.get("pool_clips", 0)
+        out_val, y_val, val_pass = pooled_clip_outputs(
+            cfg, spec["val_shards"][rank], spec["genres"], clip_fn, 64, pool_clips, clip_counts
         )
         for key, value in val_pass.items():
             feature_pass[key] += value
+        train_outs = [out_train[t] for t in spec["train_shards"][rank]]
+        val_outs = [out_val[t] for t in spec["val_shards"][rank]]
+        del out_train, out_val
+        if depth:
+            upper_fn = tf.function(lambda x: upper(x, training=False))
+            train_feats, val_feats = through(upper_fn, train_outs, 64), through(upper_fn, val_outs, 64)
+        else:
+            train_feats, val_feats = train_outs, val_outs
+        x_train = np.stack([pool_clip_features(f) for f in train_feats])
+        x_val = np.stack([pool_clip_features(f) for f in val_feats]) if val_feats else np.zeros((0, x_train.shape[1]))
         feature_pass["seconds"] = time.perf_counter() - t0
         log(
             rank,
             f"pooled features of {len(x_train)} train / {len(x_val)} validation tracks "
-            f"({int(feature_pass['clips'])} clips) in {feature_pass['seconds']:.1f}s",
+            f"({int(feature_pass['clips'])} of {int(feature_pass['read_clips'])} clips) in "
+            f"{feature_pass['seconds']:.1f}s",
         )
 
         def dataset_fn(input_context: Any) -> Any:
@@ -311,6 +367,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         log(rank, f"model {model.name}: {model.count_params():,} parameters, {trainable:,} trainable")
 
     class EpochLog(k.callbacks.Callback):
+        def __init__(self, stage: str = "epoch", total: int = spec["epochs"]) -> None:
+            super().__init__()
+            self.stage, self.total = stage, total
+
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.t0 = time.perf_counter()
 
@@ -321,7 +381,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             if rank == 0:
                 log(
                     rank,
-                    f"epoch {epoch + 1}/{spec['epochs']}: loss {logs.get('loss', 0):.3f} "
+                    f"{self.stage} {epoch + 1}/{self.total}: loss {logs.get('loss', 0):.3f} "
                     f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', float('nan')):.3f} "
                     f"val_acc {logs.get('val_accuracy', float('nan')):.3f} {secs:.1f}s "
                     f"({clips / secs:.0f} {'tracks' if pooled else 'clips'}/s per worker)",
@@ -347,6 +407,53 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=callbacks,
         verbose=0,
     )
+    finetune_epochs = None
+    if depth:
+        # train.finetune: the head has trained on frozen features; now the backbone's upper part
+        # trains with it, slower, from the kept lower-part outputs. Validation keeps the result
+        # only where it beats the head alone (all-reduced accuracy: every worker decides alike).
+        acts_train, mask_train = padded_clips(train_outs, pool_clips)
+        acts_val, mask_val = padded_clips(val_outs, pool_clips) if val_outs else (None, None)
+        del train_outs, val_outs  # held once, padded
+        with strategy.scope():
+            trainer = build_finetune_trainer(upper, fit_model, pool_clips)
+            trainer = compile_model(trainer, spec["finetune_learning_rate"])
+        head_before = fit_model.get_weights()
+
+        def finetune_fn(input_context: Any) -> Any:
+            batch = input_context.get_per_replica_batch_size(global_batch)
+            return vector_batches((acts_train, mask_train), y_train, batch, seed=spec["seed"] + rank)
+
+        def finetune_val_fn(_input_context: Any) -> Any:
+            return vector_batches((acts_val, mask_val), y_val, spec["val_batch"])
+
+        stop = k.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=spec["patience"], restore_best_weights=True
+        )
+        ft_history = trainer.fit(
+            k.utils.experimental.DatasetCreator(finetune_fn),
+            epochs=spec["finetune_epochs"],
+            steps_per_epoch=spec["steps_per_epoch"],
+            validation_data=k.utils.experimental.DatasetCreator(finetune_val_fn) if has_val else None,
+            validation_steps=spec["validation_steps"] if has_val else None,
+            callbacks=[EpochLog("finetune epoch", spec["finetune_epochs"]), *([stop] if has_val else [])],
+            verbose=0,
+        )
+        scores = ft_history.history.get("val_accuracy") or []
+        head_best = max(history.history.get("val_accuracy") or [0.0])
+        if has_val and max(scores, default=0.0) <= head_best:
+            upper.set_weights(upper_initial)
+            fit_model.set_weights(head_before)
+            finetune_epochs = 0
+        else:
+            finetune_epochs = int(np.argmax(scores)) + 1 if scores else len(ft_history.epoch)
+        for key, values in ft_history.history.items():
+            history.history[f"finetune_{key}"] = values
+        log(
+            rank,
+            f"finetune (depth {depth}): best val_acc {max(scores, default=float('nan')):.3f} against the head's "
+            f"{head_best:.3f}: keeping {finetune_epochs} epochs",
+        )
     refit_epochs = None
     if pooled and spec.get("refit_steps") and has_val:
         # train.refit: validation chose the epoch count (its all-reduced accuracy is the same on
@@ -356,6 +463,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
         with strategy.scope():
             fit_model.set_weights(initial)
+            if depth:
+                upper.set_weights(upper_initial)
             fit_model = compile_model(fit_model, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment))
 
         def refit_fn(input_context: Any) -> Any:
@@ -369,9 +478,30 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             steps_per_epoch=spec["refit_steps"],
             verbose=0,
         )
+        if finetune_epochs:
+            # The fine-tuned upper part too, from its pretrained weights (x_all was computed with
+            # them), for the epochs validation chose, on the train + validation tracks.
+            acts_all = np.concatenate([acts_train, acts_val])
+            mask_all = np.concatenate([mask_train, mask_val])
+
+            def refit_finetune_fn(input_context: Any) -> Any:
+                batch = input_context.get_per_replica_batch_size(global_batch)
+                return vector_batches((acts_all, mask_all), y_all, batch, seed=spec["seed"] + rank)
+
+            with strategy.scope():
+                trainer = compile_model(
+                    build_finetune_trainer(upper, fit_model, pool_clips), spec["finetune_learning_rate"]
+                )
+            trainer.fit(
+                k.utils.experimental.DatasetCreator(refit_finetune_fn),
+                epochs=finetune_epochs,
+                steps_per_epoch=spec["refit_steps"],
+                verbose=0,
+            )
         log(
             rank,
-            f"refit on {len(x_all)} train + validation tracks for {refit_epochs} epochs in "
+            f"refit on {len(x_all)} train + validation tracks for {refit_epochs} epochs"
+            f"{f' + {finetune_epochs} finetune epochs' if finetune_epochs else ''} in "
             f"{time.perf_counter() - t0:.1f}s",
         )
     train_seconds = float(sum(epoch_seconds))
@@ -399,7 +529,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "rank": rank,
         "weights_sha256": weights_digest(model),
-        "epochs_run": len(epoch_seconds),
+        "epochs_run": len(history.history["loss"]),  # train.finetune's epochs are apart
         "history": {key: [float(v) for v in vals] for key, vals in history.history.items()},
         "epoch_seconds": epoch_seconds,
         "train_clips_per_s": train_clips_per_s,
@@ -408,6 +538,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
         "feature_pass": feature_pass,  # pooled head: clips, read_s, model_s, seconds; {} otherwise
         "refit_epochs": refit_epochs,  # train.refit: epochs on train + validation; None otherwise
+        "finetune_epochs": finetune_epochs,  # train.finetune: epochs kept (0: the head alone won); None: off
     }
 
 
