@@ -33,16 +33,31 @@ class DbToBackboneInput(k.layers.Layer):
         return {**super().get_config(), "frames": self.frames, "log_scale": self.log_scale}
 
 
+def masked_mean_std(feats: Any, weights: Any) -> Any:
+    """Clip features ``(b, n, F)`` and weights ``(b, n)`` (1 for a clip, 0 for padding) ->
+    ``(b, 2F)``: per row the mean, then the standard deviation (population), over its clips. The
+    graph form of :func:`genrecast.model.pool_clip_features`, for :class:`TrackPool` and for
+    ``train.finetune``'s trainer, whose gradients flow through it: sqrt's gradient at 0 is
+    infinite, and a feature equal over a track's clips (one clip, a dead ReLU) made every weight
+    NaN in the first step, so there it gets the same value, 0, with a zero gradient."""
+    import tensorflow as tf
+
+    w = tf.cast(weights, feats.dtype)[..., None]
+    n = tf.reduce_sum(w, axis=1)
+    mean = tf.reduce_sum(feats * w, axis=1) / n
+    var = tf.reduce_sum(tf.square(feats - mean[:, None]) * w, axis=1) / n
+    positive = var > 0
+    std = tf.where(positive, tf.sqrt(tf.where(positive, var, 1.0)), 0.0)
+    return tf.concat([mean, std], axis=-1)
+
+
 @k.saving.register_keras_serializable(package="genrecast")
 class TrackPool(k.layers.Layer):
     """The clip features of one track ``(n_clips, F)`` -> ``(1, 2F)``: their mean, then their
-    standard deviation, over the batch axis (the clips). The graph form of
-    :func:`genrecast.model.pool_clip_features`: a pooled model called on one track's clips gives
-    that track's row."""
+    standard deviation, over the batch axis (the clips) (:func:`masked_mean_std`). A pooled model
+    called on one track's clips gives that track's row."""
 
     def call(self, feats: Any) -> Any:
         import tensorflow as tf
 
-        mean = tf.reduce_mean(feats, axis=0, keepdims=True)
-        std = tf.sqrt(tf.reduce_mean(tf.square(feats - mean), axis=0, keepdims=True))
-        return tf.concat([mean, std], axis=-1)
+        return masked_mean_std(feats[None], tf.ones_like(feats[None, :, 0]))

@@ -205,11 +205,13 @@ def finetune_parts(model: Any, depth: int) -> tuple[Any, Any]:
 def build_finetune_trainer(upper: Any, head: Any, pool_clips: int) -> Any:
     """``train.finetune``'s training model: (cut activations (b, P, *cut) of each track's pooled
     clips, zero-padded to P = ``pool_clips``, and their mask (b, P): 1 for a real clip) ->
-    ``upper`` features per clip -> their masked mean and std per track (what ``track_pool``
-    computes over one track's clips, :func:`pool_clip_features`) -> ``head`` -> (b, n_genres)
-    probabilities. Never saved: it shares ``upper``'s and ``head``'s weights with the pooled
-    model, which is."""
+    ``upper`` features per clip -> their masked mean and std per track
+    (:func:`genrecast.keras_layers.masked_mean_std`, as ``track_pool`` pools one track) ->
+    ``head`` -> (b, n_genres) probabilities. Never saved: it shares ``upper``'s and ``head``'s
+    weights with the pooled model, which is."""
     import tensorflow as tf
+
+    from genrecast.keras_layers import masked_mean_std
 
     k = keras()
     cut_shape = tuple(upper.input_shape[1:])
@@ -223,15 +225,7 @@ def build_finetune_trainer(upper: Any, head: Any, pool_clips: int) -> Any:
             acts, mask = inputs
             feats = self.upper(tf.reshape(acts, (-1, *cut_shape)), training=False)
             feats = tf.reshape(feats, (-1, pool_clips, feats.shape[-1]))
-            w = tf.cast(mask, feats.dtype)[..., None]
-            n = tf.reduce_sum(w, axis=1)
-            mean = tf.reduce_sum(feats * w, axis=1) / n
-            var = tf.reduce_sum(tf.square(feats - mean[:, None]) * w, axis=1) / n
-            # sqrt's gradient at 0 is infinite: a feature equal over a track's clips (a dead ReLU,
-            # one clip) made every weight NaN in the first step. Same value, zero gradient there.
-            positive = var > 0
-            std = tf.where(positive, tf.sqrt(tf.where(positive, var, 1.0)), 0.0)
-            return self.head(tf.concat([mean, std], axis=-1), training=training)
+            return self.head(masked_mean_std(feats, mask), training=training)
 
     return FinetuneTrainer()
 
