@@ -389,24 +389,29 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             epoch_seconds.append(secs)
 
     epoch_seconds: list[float] = []
-    callbacks: list[Any] = [EpochLog()]
-    if has_val:
-        callbacks.append(
-            # Accuracy, not loss: on held-out artists val_loss climbs with over-confidence long
-            # before accuracy stops improving (seen on the demo catalogue).
-            k.callbacks.EarlyStopping(
-                monitor="val_accuracy", mode="max", patience=spec["patience"], restore_best_weights=True
+
+    def fit_early_stopped(net: Any, train_fn: Any, val_fn: Any, epochs: int, epoch_log: Any) -> Any:
+        """``net.fit`` for up to ``epochs``, early-stopped on validation when there is some."""
+        callbacks = [epoch_log]
+        if has_val:
+            callbacks.append(
+                # Accuracy, not loss: on held-out artists val_loss climbs with over-confidence long
+                # before accuracy stops improving (seen on the demo catalogue).
+                k.callbacks.EarlyStopping(
+                    monitor="val_accuracy", mode="max", patience=spec["patience"], restore_best_weights=True
+                )
             )
+        return net.fit(
+            k.utils.experimental.DatasetCreator(train_fn),
+            epochs=epochs,
+            steps_per_epoch=spec["steps_per_epoch"],
+            validation_data=k.utils.experimental.DatasetCreator(val_fn) if has_val else None,
+            validation_steps=spec["validation_steps"] if has_val else None,
+            callbacks=callbacks,
+            verbose=0,
         )
-    history = fit_model.fit(
-        k.utils.experimental.DatasetCreator(dataset_fn),
-        epochs=spec["epochs"],
-        steps_per_epoch=spec["steps_per_epoch"],
-        validation_data=k.utils.experimental.DatasetCreator(val_fn) if has_val else None,
-        validation_steps=spec["validation_steps"] if has_val else None,
-        callbacks=callbacks,
-        verbose=0,
-    )
+
+    history = fit_early_stopped(fit_model, dataset_fn, val_fn, spec["epochs"], EpochLog())
     finetune_epochs = None
     if depth:
         # train.finetune: the head has trained on frozen features; now the backbone's upper part
@@ -427,17 +432,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         def finetune_val_fn(_input_context: Any) -> Any:
             return vector_batches((acts_val, mask_val), y_val, spec["val_batch"])
 
-        stop = k.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=spec["patience"], restore_best_weights=True
-        )
-        ft_history = trainer.fit(
-            k.utils.experimental.DatasetCreator(finetune_fn),
-            epochs=spec["finetune_epochs"],
-            steps_per_epoch=spec["steps_per_epoch"],
-            validation_data=k.utils.experimental.DatasetCreator(finetune_val_fn) if has_val else None,
-            validation_steps=spec["validation_steps"] if has_val else None,
-            callbacks=[EpochLog("finetune epoch", spec["finetune_epochs"]), *([stop] if has_val else [])],
-            verbose=0,
+        ft_history = fit_early_stopped(
+            trainer, finetune_fn, finetune_val_fn, spec["finetune_epochs"],
+            EpochLog("finetune epoch", spec["finetune_epochs"]),
         )
         scores = ft_history.history.get("val_accuracy") or []
         head_best = max(history.history.get("val_accuracy") or [0.0])
