@@ -51,6 +51,11 @@ def test_compare_puts_each_models_numbers_side_by_side():
     assert row.split()[2:] == ["0.000", "1.000", "0.000"]  # m1, m2, MFCC baseline
     assert "baselines differ" not in text  # both models' MFCC baselines are 0.5
     assert not any(line.startswith("accuracy ") for line in text.splitlines())  # no sources in the labels
+    # train.finetune names the depth only where validation kept it (epochs > 0)
+    for epochs, kind in ((0, "musicnn-msd pooled, 3 clips"), (4, "musicnn-msd pooled, 3 clips, fine-tuned depth 2")):
+        tuned = {**pooled["training"], "finetune": {"depth": 2, "epochs": epochs, "learning_rate": 1e-4}}
+        tuned_doc = compare([_entry("m3", 1.0, 1.0, backbone=pooled["backbone"], training=tuned)])
+        assert tuned_doc["models"][0]["kind"] == kind
 
 
 def test_report_has_a_row_per_labels_source():

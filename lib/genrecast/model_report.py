@@ -29,7 +29,8 @@ class Entry:
 
 
 def describe(meta: dict[str, Any]) -> str:
-    """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips``."""
+    """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips``,
+    ``musicnn-msd pooled, 3 clips, fine-tuned depth 2`` (only when validation kept fine-tuning)."""
     backbone = meta.get("backbone")
     if not backbone or backbone == "scratch":
         return "scratch CNN"
@@ -38,7 +39,9 @@ def describe(meta: dict[str, Any]) -> str:
     name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone)
     options = predictor_options(meta)
     head, clips = options["head"], options["pool_clips"]
-    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "")
+    finetune = meta.get("training", {}).get("finetune") or {}
+    tuned = f", fine-tuned depth {finetune['depth']}" if finetune.get("epochs") else ""
+    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "") + tuned
 
 
 def compare(entries: list[Entry]) -> dict[str, Any]:
