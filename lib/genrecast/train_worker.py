@@ -284,6 +284,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         readers.append(reader)
         return ds
 
+    def train_rows(x: Any, y: np.ndarray) -> Any:
+        """In-memory track rows -> a DatasetCreator function: shuffled batches of this worker's share."""
+        return lambda ctx: vector_batches(x, y, ctx.get_per_replica_batch_size(global_batch), seed=spec["seed"] + rank)
+
+    def val_rows(x: Any, y: np.ndarray) -> Any:
+        """In-memory validation rows -> a DatasetCreator function: one batch of the worker's tracks, in order."""
+        return lambda _ctx: vector_batches(x, y, spec["val_batch"])
+
     backbone = spec.get("backbone", "scratch")
     pooled = spec.get("head", "clip") == "pooled"
     with strategy.scope():
@@ -355,12 +363,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             f"{feature_pass['seconds']:.1f}s",
         )
 
-        def dataset_fn(input_context: Any) -> Any:
-            batch = input_context.get_per_replica_batch_size(global_batch)
-            return vector_batches(x_train, y_train, batch, seed=spec["seed"] + rank)
-
-        def val_fn(_input_context: Any) -> Any:
-            return vector_batches(x_val, y_val, spec["val_batch"])
+        dataset_fn, val_fn = train_rows(x_train, y_train), val_rows(x_val, y_val)
 
     if rank == 0:
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -425,15 +428,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             trainer = compile_model(trainer, spec["finetune_learning_rate"])
         head_before = fit_model.get_weights()
 
-        def finetune_fn(input_context: Any) -> Any:
-            batch = input_context.get_per_replica_batch_size(global_batch)
-            return vector_batches((acts_train, mask_train), y_train, batch, seed=spec["seed"] + rank)
-
-        def finetune_val_fn(_input_context: Any) -> Any:
-            return vector_batches((acts_val, mask_val), y_val, spec["val_batch"])
-
         ft_history = fit_early_stopped(
-            trainer, finetune_fn, finetune_val_fn, spec["finetune_epochs"],
+            trainer,
+            train_rows((acts_train, mask_train), y_train),
+            val_rows((acts_val, mask_val), y_val),
+            spec["finetune_epochs"],
             EpochLog("finetune epoch", spec["finetune_epochs"]),
         )
         scores = ft_history.history.get("val_accuracy") or []
@@ -464,13 +463,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 upper.set_weights(upper_initial)
             fit_model = compile_model(fit_model, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment))
 
-        def refit_fn(input_context: Any) -> Any:
-            batch = input_context.get_per_replica_batch_size(global_batch)
-            return vector_batches(x_all, y_all, batch, seed=spec["seed"] + rank)
-
         t0 = time.perf_counter()
         fit_model.fit(
-            k.utils.experimental.DatasetCreator(refit_fn),
+            k.utils.experimental.DatasetCreator(train_rows(x_all, y_all)),
             epochs=refit_epochs,
             steps_per_epoch=spec["refit_steps"],
             verbose=0,
@@ -478,19 +473,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if finetune_epochs:
             # The fine-tuned upper part too, from its pretrained weights (x_all was computed with
             # them), for the epochs validation chose, on the train + validation tracks.
-            acts_all = np.concatenate([acts_train, acts_val])
-            mask_all = np.concatenate([mask_train, mask_val])
-
-            def refit_finetune_fn(input_context: Any) -> Any:
-                batch = input_context.get_per_replica_batch_size(global_batch)
-                return vector_batches((acts_all, mask_all), y_all, batch, seed=spec["seed"] + rank)
-
-            with strategy.scope():
-                trainer = compile_model(
-                    build_finetune_trainer(upper, fit_model, pool_clips), spec["finetune_learning_rate"]
-                )
+            rows = (np.concatenate([acts_train, acts_val]), np.concatenate([mask_train, mask_val]))
+            with strategy.scope():  # a fresh optimiser; the trainer shares upper's and the head's weights
+                trainer = compile_model(trainer, spec["finetune_learning_rate"])
             trainer.fit(
-                k.utils.experimental.DatasetCreator(refit_finetune_fn),
+                k.utils.experimental.DatasetCreator(train_rows(rows, y_all)),
                 epochs=finetune_epochs,
                 steps_per_epoch=spec["refit_steps"],
                 verbose=0,
