@@ -107,6 +107,20 @@ def test_unknown_model_is_a_clear_error(trained):
         registry.resolve_model_id(cfg, "nope")
 
 
+BACKBONE_AUDIO = "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
+
+
+def train_on_backbone_profile(tmp_path, spark, seed: int, per_genre: int, seconds: float, artists: int, train: str):
+    """A synthetic catalogue (3 genres) ingested with the backbone's audio profile, then trained
+    with the ``train:`` section ``train``; the replicas must end identical. -> (config, result)."""
+    write_labelled_catalogue(tmp_path, np.random.default_rng(seed), per_genre, seconds=seconds, artists=artists)
+    cfg = write_config(tmp_path, "genres: [low, high, noise]\n" + BACKBONE_AUDIO + f"train: {{{train}}}\n")
+    assert run_ingest(cfg, spark).tracks_ok == 3 * per_genre
+    result = run_train(cfg, spark)
+    assert len({w["weights_sha256"] for w in result.workers}) == 1
+    return cfg, result
+
+
 def test_backbone_head_trains_distributed_and_scores(tmp_path, spark):
     """``train.backbone: vgg-msd`` on a catalogue ingested with the backbone's audio profile: the
     same barrier + MultiWorkerMirroredStrategy path trains a head on the frozen backbone, records
@@ -116,17 +130,10 @@ def test_backbone_head_trains_distributed_and_scores(tmp_path, spark):
     from genrecast.model import BACKBONE_FEATURES
     from genrecast.score import run_score
 
-    write_labelled_catalogue(tmp_path, np.random.default_rng(1), 6, seconds=3.5, artists=3)
-    cfg = write_config(
-        tmp_path,
-        "genres: [low, high, noise]\n"
-        "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
-        "train: {epochs: 6, batch_size: 8, patience: 6, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " learning_rate: 0.01}\n",
+    cfg, result = train_on_backbone_profile(
+        tmp_path, spark, 1, 6, 3.5, 3,
+        "epochs: 6, batch_size: 8, patience: 6, workers: 2, embedding_dim: 16, backbone: vgg-msd, learning_rate: 0.01",
     )
-    assert run_ingest(cfg, spark).tracks_ok == 18
-    result = run_train(cfg, spark)
-    assert len({w["weights_sha256"] for w in result.workers}) == 1
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["backbone"]["name"] == "vgg-msd" and meta["backbone"]["source"] == "musicnn==0.1.0:MSD_vgg"
     model, _ = registry.load_model(cfg, result.model_id)
@@ -157,17 +164,11 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     from genrecast.score import Predictor, predictor_for, run_score
     from genrecast.train_worker import load_clips
 
-    write_labelled_catalogue(tmp_path, np.random.default_rng(1), 6, seconds=6.5, artists=3)
-    cfg = write_config(
-        tmp_path,
-        "genres: [low, high, noise]\n"
-        "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
-        "train: {epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01}\n",
+    cfg, result = train_on_backbone_profile(
+        tmp_path, spark, 1, 6, 6.5, 3,
+        "epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
+        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01",
     )
-    assert run_ingest(cfg, spark).tracks_ok == 18
-    result = run_train(cfg, spark)
-    assert len({w["weights_sha256"] for w in result.workers}) == 1
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["training"]["head"] == "pooled" and meta["training"]["pool_clips"] == 1
     # refit: the epochs validation chose (its best accuracy's), then on train + validation tracks
@@ -241,18 +242,12 @@ def test_finetune_trains_the_upper_backbone_layers_distributed(tmp_path, spark):
     from genrecast import backbone
     from genrecast.model import BACKBONE_FEATURES
 
-    write_labelled_catalogue(tmp_path, np.random.default_rng(2), 6, seconds=6.5, artists=6)
-    cfg = write_config(
-        tmp_path,
-        "genres: [low, high, noise]\n"
-        "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96, clip_seconds: 3.0}\n"
-        "train: {epochs: 1, learning_rate: 0.000001, batch_size: 8, workers: 2, embedding_dim: 8,"
+    cfg, result = train_on_backbone_profile(
+        tmp_path, spark, 2, 6, 6.5, 6,
+        "epochs: 1, learning_rate: 0.000001, batch_size: 8, workers: 2, embedding_dim: 8,"
         " backbone: vgg-msd, head: pooled, pool_clips: 2, refit: true, finetune: 1, finetune_epochs: 4,"
-        " finetune_learning_rate: 0.01, patience: 4, split: {val: 0.4}}\n",
+        " finetune_learning_rate: 0.01, patience: 4, split: {val: 0.4}",
     )
-    assert run_ingest(cfg, spark).tracks_ok == 18
-    result = run_train(cfg, spark)
-    assert len({w["weights_sha256"] for w in result.workers}) == 1
     history = result.workers[0]["history"]
     kept = history["finetune_val_accuracy"].index(max(history["finetune_val_accuracy"])) + 1
     assert max(history["finetune_val_accuracy"]) > max(history["val_accuracy"]), history
