@@ -412,8 +412,11 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     digests = {r["weights_sha256"] for r in results}
     if len(digests) != 1:
         raise JobError(f"workers ended with different weights ({len(digests)} digests): replicas diverged")
+    log.info("train: %d workers done in %.0fs, %d epochs", workers, train_seconds, results[0]["epochs_run"])
 
+    t_eval = time.monotonic()
     metrics = evaluate(cfg, spark, files, model_id, genres, assignment, genre_of, track_feats, source_of)
+    log.info("train: evaluated in %.0fs", time.monotonic() - t_eval)
     chief = results[0]
     metrics["training"] = {
         "workers": workers,
