@@ -25,6 +25,7 @@ import argparse
 import os
 import time
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,47 @@ def heard(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, folds: int = 5
     return float(np.mean(pred == y))
 
 
+def split_features(cfg: Any, model: str, backbone: str, cache: str) -> dict[str, Any]:
+    """Every labelled track of ``model``'s split -> ``genres``, per clip (ordered by track, then
+    clip) ``ids``, ``labels``, the frozen ``backbone``'s ``feats`` and ``mfcc`` statistics, and
+    ``group_of`` (track -> its split group, from ``split.parquet``). The clip arrays are kept in
+    ``cache`` (an .npz keyed by model and backbone) between runs."""
+    from genrecast import registry
+    from genrecast.backbone import check_profile
+    from genrecast.features import mfcc_stats
+    from genrecast.storage import Storage, join
+    from genrecast.train_worker import load_clips
+
+    check_profile(cfg.audio, backbone)
+    model_id = registry.resolve_model_id(cfg, model)
+    genres = registry.read_model_json(cfg, model_id)["genres"]
+    split = Storage.from_config(cfg).read_parquet(
+        join(registry.model_uri(cfg, model_id), registry.SPLIT_FILE), ["track_id", "group"]
+    )
+    group_of = dict(zip(split.column("track_id").to_pylist(), split.column("group").to_pylist(), strict=True))
+    key = f"{model_id}:{backbone}"
+    if os.path.exists(cache) and str(np.load(cache)["key"]) == key:
+        cached = np.load(cache)
+        print(f"clip features from {cache}")
+        feats, mfcc, labels, ids = cached["feats"], cached["mfcc"], cached["labels"], list(cached["ids"])
+    else:
+        import tensorflow as tf
+        from backbone_probe import clip_features
+
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        x, labels, ids = load_clips(cfg, sorted(group_of), genres)
+        feats, ms = clip_features(backbone, x)
+        mfcc = np.stack([mfcc_stats(c) for c in x])
+        took = time.perf_counter() - t0
+        print(f"{len(ids)} clips of {len(set(ids))} tracks: features in {took:.0f}s ({ms:.0f} ms a clip)")
+        np.savez(cache, key=key, feats=feats, mfcc=mfcc, labels=labels, ids=np.asarray(ids))
+    return {
+        "model_id": model_id, "genres": genres, "ids": ids, "labels": labels, "feats": feats, "mfcc": mfcc,
+        "group_of": group_of,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conf", default="conf/backbone.yaml")
@@ -89,40 +131,13 @@ def main() -> None:
     parser.add_argument("--cache", default="data/bench-group-curve.npz", help="clip features kept here between runs")
     args = parser.parse_args()
 
-    from genrecast import registry
-    from genrecast.backbone import check_profile
     from genrecast.config import load_config
-    from genrecast.features import mfcc_stats
-    from genrecast.storage import Storage, join
-    from genrecast.train_worker import load_clips
 
     cfg = load_config(args.conf)
-    check_profile(cfg.audio, args.backbone)
-    model_id = registry.resolve_model_id(cfg, args.model)
-    meta = registry.read_model_json(cfg, model_id)
-    genres = meta["genres"]
-    split = Storage.from_config(cfg).read_parquet(
-        join(registry.model_uri(cfg, model_id), registry.SPLIT_FILE), ["track_id", "group"]
+    data = split_features(cfg, args.model, args.backbone, args.cache)
+    genres, ids, labels, feats, mfcc, group_of = (
+        data[k] for k in ("genres", "ids", "labels", "feats", "mfcc", "group_of")
     )
-    group_of = dict(zip(split.column("track_id").to_pylist(), split.column("group").to_pylist(), strict=True))
-    tracks = sorted(group_of)
-    key = f"{model_id}:{args.backbone}"
-    if os.path.exists(args.cache) and str(np.load(args.cache)["key"]) == key:
-        cached = np.load(args.cache)
-        feats, mfcc, labels, ids = cached["feats"], cached["mfcc"], cached["labels"], list(cached["ids"])
-        print(f"clip features from {args.cache}")
-    else:
-        import tensorflow as tf
-        from backbone_probe import clip_features
-
-        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-        t0 = time.perf_counter()
-        x, labels, ids = load_clips(cfg, tracks, genres)
-        feats, ms = clip_features(args.backbone, x)
-        mfcc = np.stack([mfcc_stats(c) for c in x])
-        took = time.perf_counter() - t0
-        print(f"{len(ids)} clips of {len(set(ids))} tracks: features in {took:.0f}s ({ms:.0f} ms a clip)")
-        np.savez(args.cache, key=key, feats=feats, mfcc=mfcc, labels=labels, ids=np.asarray(ids))
     label = {t: int(c) for t, c in zip(ids, labels, strict=True)}
     tracks = sorted(set(ids))
     y = np.asarray([label[t] for t in tracks])
