@@ -47,6 +47,10 @@ def main() -> None:
     parser.add_argument("--backbone", default="musicnn-msd")
     parser.add_argument("--pool-clips", type=int, default=3, help="clips pooled per track (0 = every clip)")
     parser.add_argument("--cache", default="data/bench-group-curve.npz")
+    parser.add_argument(
+        "--harmony-clips", type=int, default=0,
+        help="harmony of the samples of the N clips a pooled head picks (model.pool_indices), 0 = the whole track",
+    )
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 2.0, 3.0, 6.0])
     parser.add_argument("--cs", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     args = parser.parse_args()
@@ -57,8 +61,9 @@ def main() -> None:
     from genrecast import registry
     from genrecast.catalogue import list_tracks, load_labels
     from genrecast.config import load_config
-    from genrecast.features import usable_samples
+    from genrecast.features import clip_starts, stft_frames, usable_samples
     from genrecast.harmony import harmony_stats
+    from genrecast.model import pool_indices
     from genrecast.split import TEST, LabelledTrack, assign_splits
     from genrecast.storage import Storage
 
@@ -78,11 +83,18 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     def decoded(t: str) -> np.ndarray:
-        return usable_samples(storage.read_bytes(uris[t]), uris[t], cfg.audio, cfg.ingest)
+        y = usable_samples(storage.read_bytes(uris[t]), uris[t], cfg.audio, cfg.ingest)
+        if not args.harmony_clips:
+            return y
+        hop, frames = cfg.audio.hop_length, cfg.audio.clip_frames
+        starts = clip_starts(stft_frames(y.size, cfg.audio.n_fft, hop), frames)
+        picked = pool_indices(len(starts), args.harmony_clips)
+        return np.concatenate([y[starts[i] * hop : (starts[i] + frames) * hop] for i in picked])
 
     harmony = np.stack([harmony_stats(decoded(t), cfg.audio.sample_rate) for t in tracks])
     took = time.perf_counter() - t0
-    print(f"harmony statistics of {len(tracks)} tracks in {took:.1f}s (decode included, 1 process)")
+    where = f"its {args.harmony_clips} pooled clips" if args.harmony_clips else "the whole track"
+    print(f"harmony statistics of {len(tracks)} tracks ({where}) in {took:.1f}s (decode included, 1 process)")
 
     backbone = track_stats(data["feats"], ids, tracks, args.pool_clips)
     mfcc = track_stats(data["mfcc"], ids, tracks, args.pool_clips)
