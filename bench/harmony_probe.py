@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,32 @@ def classifier(weights: np.ndarray, c: float) -> object:
 
 def block_weights(sizes: tuple[int, int], harmony_weight: float) -> np.ndarray:
     return np.concatenate([np.ones(sizes[0]), np.full(sizes[1], harmony_weight)])
+
+
+def catalogue_harmony(cfg: Any, tracks: list[str], harmony_clips: int = 0) -> np.ndarray:
+    """(len(tracks), 53) :func:`genrecast.harmony.harmony_stats` of each track, decoded from the
+    catalogue audio with the product's decode; ``harmony_clips`` > 0: of the samples of the clips
+    a pooled head with that many clips picks (``model.pool_indices``), else of the whole track."""
+    from genrecast.catalogue import list_tracks
+    from genrecast.features import clip_starts, stft_frames, usable_samples
+    from genrecast.harmony import harmony_stats
+    from genrecast.model import pool_indices
+    from genrecast.storage import Storage
+
+    storage = Storage.from_config(cfg)
+    listed = list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions)
+    uris = {t.track_id: t.uri for t in listed if not isinstance(t, dict)}
+
+    def decoded(t: str) -> np.ndarray:
+        y = usable_samples(storage.read_bytes(uris[t]), uris[t], cfg.audio, cfg.ingest)
+        if not harmony_clips:
+            return y
+        hop, frames = cfg.audio.hop_length, cfg.audio.clip_frames
+        starts = clip_starts(stft_frames(y.size, cfg.audio.n_fft, hop), frames)
+        picked = pool_indices(len(starts), harmony_clips)
+        return np.concatenate([y[starts[i] * hop : (starts[i] + frames) * hop] for i in picked])
+
+    return np.stack([harmony_stats(decoded(t), cfg.audio.sample_rate) for t in tracks])
 
 
 def main() -> None:
@@ -59,11 +86,8 @@ def main() -> None:
     from sklearn.model_selection import GroupKFold
 
     from genrecast import registry
-    from genrecast.catalogue import list_tracks, load_labels
+    from genrecast.catalogue import load_labels
     from genrecast.config import load_config
-    from genrecast.features import clip_starts, stft_frames, usable_samples
-    from genrecast.harmony import harmony_stats
-    from genrecast.model import pool_indices
     from genrecast.split import TEST, LabelledTrack, assign_splits
     from genrecast.storage import Storage
 
@@ -76,22 +100,8 @@ def main() -> None:
     groups = np.asarray([group_of[t] for t in tracks])
 
     storage = Storage.from_config(cfg)
-    uris = {
-        t.track_id: t.uri
-        for t in list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions)
-        if not isinstance(t, dict)
-    }
     t0 = time.perf_counter()
-    def decoded(t: str) -> np.ndarray:
-        y = usable_samples(storage.read_bytes(uris[t]), uris[t], cfg.audio, cfg.ingest)
-        if not args.harmony_clips:
-            return y
-        hop, frames = cfg.audio.hop_length, cfg.audio.clip_frames
-        starts = clip_starts(stft_frames(y.size, cfg.audio.n_fft, hop), frames)
-        picked = pool_indices(len(starts), args.harmony_clips)
-        return np.concatenate([y[starts[i] * hop : (starts[i] + frames) * hop] for i in picked])
-
-    harmony = np.stack([harmony_stats(decoded(t), cfg.audio.sample_rate) for t in tracks])
+    harmony = catalogue_harmony(cfg, tracks, args.harmony_clips)
     took = time.perf_counter() - t0
     where = f"its {args.harmony_clips} pooled clips" if args.harmony_clips else "the whole track"
     print(f"harmony statistics of {len(tracks)} tracks ({where}) in {took:.1f}s (decode included, 1 process)")

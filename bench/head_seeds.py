@@ -10,8 +10,13 @@ accuracy per seed (with the refit's epochs), their mean / spread, and a standard
 regression on the same rows (train + val). The dataset must have been ingested with the
 backbone's audio profile.
 
+``--harmony N`` appends each track's harmony statistics (``bench/harmony_probe.py``) to its
+pooled row N times (its weight against the backbone's columns), with the head's layers on the
+wider row. The clip features come from ``bench/group_curve.py``'s cache (computed there when
+missing).
+
 Usage (environment as for the training run, e.g. GENRECAST__STORAGE__ROOT=... GENRECAST__AUDIO__...):
-  .venv/bin/python bench/head_seeds.py --conf conf/backbone.yaml --model MODEL_ID [--seeds 6]
+  .venv/bin/python bench/head_seeds.py --conf conf/backbone.yaml --model MODEL_ID [--seeds 6] [--harmony N]
 """
 
 from __future__ import annotations
@@ -28,25 +33,31 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="model id whose split (model.json) is used")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--pool-clips", type=int, default=None, help="default: the model's training.pool_clips")
+    parser.add_argument(
+        "--harmony", type=int, default=0, metavar="N",
+        help="append each track's harmony statistics (bench/harmony_probe.py, whole track) to its pooled row, N times",
+    )
+    parser.add_argument("--cache", default="data/bench-group-curve.npz", help="clip features (bench/group_curve.py)")
     args = parser.parse_args()
 
     import tensorflow as tf
-    from backbone_probe import clip_features  # bench/, beside this script
+    from group_curve import split_features  # bench/, beside this script
+    from harmony_probe import catalogue_harmony
 
     from genrecast import registry, report
     from genrecast.config import load_config
-    from genrecast.model import build_pooled_head, compile_model, keras, pool_clip_features, pool_indices
-    from genrecast.train_worker import load_clips, vector_batches
+    from genrecast.model import _head, build_pooled_head, compile_model, keras, pool_clip_features, pool_indices
+    from genrecast.train_worker import vector_batches
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     cfg = load_config(args.conf)
     meta = registry.read_model_json(cfg, args.model)
     genres, assignment = meta["genres"], registry.read_split(cfg, args.model, meta)
     pool_clips = meta["training"].get("pool_clips", 0) if args.pool_clips is None else args.pool_clips
-    x, y, ids = load_clips(cfg, sorted(assignment), genres)  # by (track, clip): time order
     name = meta["backbone"]["name"]
-    feats, ms = clip_features(name, x)
-    print(f"{len(ids)} clips of {len(set(ids))} tracks through {name}: {ms:.0f} ms a clip")
+    data = split_features(cfg, args.model, name, args.cache)  # by (track, clip): time order
+    feats, y, ids = data["feats"], data["labels"], data["ids"]
+    print(f"{len(ids)} clips of {len(set(ids))} tracks through {name}")
 
     tracks = sorted(set(ids))
     positions: dict[str, list[int]] = {t: [] for t in tracks}
@@ -55,18 +66,28 @@ def main() -> None:
     rows = {t: np.asarray(positions[t]) for t in tracks}
     xs = np.stack([pool_clip_features(feats[rows[t][pool_indices(len(rows[t]), pool_clips)]]) for t in tracks])
     ys = np.asarray([int(y[rows[t][0]]) for t in tracks])
+    if args.harmony:
+        # The head's batch-norm standardises every column, so repeating the block is what weighs
+        # it against the backbone's 1906 columns (as bench/harmony_probe.py's block weight does).
+        xs = np.concatenate([xs] + [catalogue_harmony(cfg, tracks)] * args.harmony, axis=1)
     side = np.asarray([assignment[t] for t in tracks])
     tr, va, te = side == "train", side == "val", side == "test"
     tv = tr | va
     batch = cfg.train.batch_size
-    print(f"split: {tr.sum()} train / {va.sum()} val / {te.sum()} test tracks; pool_clips {pool_clips}; batch {batch}")
+    print(
+        f"split: {tr.sum()} train / {va.sum()} val / {te.sum()} test tracks; pool_clips {pool_clips}; batch {batch};"
+        f" row width {xs.shape[1]}{f' (harmony x {args.harmony})' if args.harmony else ''}"
+    )
 
     k = keras()
 
     def head() -> object:
-        return compile_model(
-            build_pooled_head(feats.shape[1], len(genres), cfg.train.embedding_dim), cfg.train.learning_rate
-        )
+        if args.harmony:  # the pooled head's layers on the wider row
+            rows_in = k.Input(shape=(xs.shape[1],), name="pooled_features")
+            net = k.Model(rows_in, _head(rows_in, len(genres), cfg.train.embedding_dim, 0.3), name="head")
+        else:
+            net = build_pooled_head(feats.shape[1], len(genres), cfg.train.embedding_dim)
+        return compile_model(net, cfg.train.learning_rate)
 
     def fit(model: object, mask: np.ndarray, seed: int, epochs: int, val: bool) -> list[float]:
         steps = max(1, math.ceil(int(mask.sum()) / batch))  # as train's steps and refit_steps
