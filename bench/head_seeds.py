@@ -68,7 +68,7 @@ def main() -> None:
     ys = np.asarray([int(y[rows[t][0]]) for t in tracks])
     if args.harmony:
         # The head's batch-norm standardises every column, so repeating the block is what weighs
-        # it against the backbone's 1906 columns (as bench/harmony_probe.py's block weight does).
+        # it against the backbone's columns (1906 for musicnn-msd; bench/harmony_probe.py weighs it).
         xs = np.concatenate([xs] + [catalogue_harmony(cfg, tracks)] * args.harmony, axis=1)
     side = np.asarray([assignment[t] for t in tracks])
     tr, va, te = side == "train", side == "val", side == "test"
