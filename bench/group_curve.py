@@ -31,18 +31,14 @@ import numpy as np
 
 
 def track_stats(feats: np.ndarray, ids: list[str], tracks: list[str], pool_clips: int) -> np.ndarray:
-    """Per-clip rows (ordered by track, then clip) -> (tracks, 2F): mean + std over each track's
-    pooled clips (:func:`genrecast.model.pool_indices`)."""
-    from genrecast.model import pool_indices
+    """Per-clip rows (ordered by track, then clip) -> (tracks, 2F): each track's pooled clips
+    (:func:`genrecast.model.pool_indices`) pooled as a pooled head's input (``pool_clip_features``)."""
+    from genrecast.model import pool_clip_features, pool_indices
 
     rows: dict[str, list[np.ndarray]] = defaultdict(list)
     for t, f in zip(ids, feats, strict=True):
         rows[t].append(f)
-    out = []
-    for t in tracks:
-        x = np.stack(rows[t])[pool_indices(len(rows[t]), pool_clips)]
-        out.append(np.concatenate([x.mean(0), x.std(0)]))
-    return np.stack(out)
+    return np.stack([pool_clip_features(np.stack(rows[t])[pool_indices(len(rows[t]), pool_clips)]) for t in tracks])
 
 
 def unheard(

@@ -44,12 +44,14 @@ def block_weights(sizes: tuple[int, int], harmony_weight: float) -> np.ndarray:
 def catalogue_harmony(cfg: Any, tracks: list[str], harmony_clips: int = 0) -> np.ndarray:
     """(len(tracks), 53) :func:`genrecast.harmony.harmony_stats` of each track, decoded from the
     catalogue audio with the product's decode; ``harmony_clips`` > 0: of the samples of the clips
-    a pooled head with that many clips picks (``model.pool_indices``), else of the whole track."""
+    a pooled head with that many clips picks (``model.pool_indices``; each clip's span as
+    ``timeline.clip_times`` gives it), else of the whole track."""
     from genrecast.catalogue import list_tracks
-    from genrecast.features import clip_starts, stft_frames, usable_samples
+    from genrecast.features import usable_samples
     from genrecast.harmony import harmony_stats
     from genrecast.model import pool_indices
     from genrecast.storage import Storage
+    from genrecast.timeline import clip_times
 
     storage = Storage.from_config(cfg)
     listed = list_tracks(storage, cfg.catalogue.audio_uri, cfg.ingest.extensions)
@@ -59,10 +61,8 @@ def catalogue_harmony(cfg: Any, tracks: list[str], harmony_clips: int = 0) -> np
         y = usable_samples(storage.read_bytes(uris[t]), uris[t], cfg.audio, cfg.ingest)
         if not harmony_clips:
             return y
-        hop, frames = cfg.audio.hop_length, cfg.audio.clip_frames
-        starts = clip_starts(stft_frames(y.size, cfg.audio.n_fft, hop), frames)
-        picked = pool_indices(len(starts), harmony_clips)
-        return np.concatenate([y[starts[i] * hop : (starts[i] + frames) * hop] for i in picked])
+        starts, ends = (np.round(s * cfg.audio.sample_rate).astype(int) for s in clip_times(y.size, cfg.audio))
+        return np.concatenate([y[starts[i] : ends[i]] for i in pool_indices(len(starts), harmony_clips)])
 
     return np.stack([harmony_stats(decoded(t), cfg.audio.sample_rate) for t in tracks])
 
