@@ -88,6 +88,14 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
             "key 'train.finetune': only built for train.head pooled with train.pool_clips > 0",
         ),
         ("train: {finetune: 3}\n", {}, "key 'train.finetune'"),
+        ("train: {harmony: 12}\n", {}, "key 'train.harmony': only built for train.head pooled"),
+        ("train: {harmony: -1}\n", {}, "key 'train.harmony'"),
+        (
+            "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
+            "train: {backbone: vgg-msd, head: pooled, pool_clips: 3, finetune: 1, harmony: 12}\n",
+            {},
+            "key 'train.harmony': not built together with train.finetune",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, text, env, message):

@@ -58,3 +58,28 @@ def test_transposing_the_music_leaves_the_statistics_nearly_unchanged():
 
 def test_silence_gives_zeros():
     assert not harmony_stats(np.zeros(3 * SR, np.float32), SR).any()
+
+
+def test_stored_track_harmony_decodes_the_ingested_audio_or_refuses(tmp_path):
+    """train.harmony's statistics of an ingested track come from its audio decoded as ingest
+    decodes it; audio changed or gone since ingest is one clear error, never other statistics."""
+    import hashlib
+
+    from genrecast.errors import JobError
+    from genrecast.features import usable_samples
+    from genrecast.storage import Storage
+    from genrecast.track_harmony import stored_track_harmony
+
+    from conftest import write_audio, write_config
+
+    cfg = write_config(tmp_path)
+    path = write_audio(tmp_path / "a.wav", progression(48, [(0, QUALITIES["maj"]), (5, QUALITIES["maj"])]), SR)
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    got = stored_track_harmony(Storage(), cfg, "a", str(path), sha)
+    want = harmony_stats(usable_samples(data, str(path), cfg.audio, cfg.ingest), cfg.audio.sample_rate)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(JobError, match=r"track a: its audio .*a\.wav changed since ingest"):
+        stored_track_harmony(Storage(), cfg, "a", str(path), "0" * 64)
+    with pytest.raises(JobError, match=r"track b: its audio .*b\.wav is gone since ingest"):
+        stored_track_harmony(Storage(), cfg, "b", str(tmp_path / "b.wav"), sha)

@@ -156,21 +156,26 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     """``train.head: pooled``: the head trains on per-track mean + std of the frozen backbone's
     clip features, in the same barrier + MultiWorkerMirroredStrategy path; model.json records the
     head and ``pool_clips``, and the Predictor scores a track with the head applied to the pooled
-    features of the clips training pooled (here 1 of each track's 3: the middle one)."""
+    features of the clips training pooled (here 1 of each track's 3: the middle one).
+    ``train.harmony``: each track's harmony statistics, from its whole decoded audio, are the
+    head's second input in training, evaluation, scoring and the notebooks' helper alike."""
     from genrecast import backbone
-    from genrecast.dataset import scores_uri
+    from genrecast.dataset import mels_uri, scores_uri
+    from genrecast.features import usable_samples
+    from genrecast.harmony import harmony_stats
     from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pool_indices, pooled_parts
-    from genrecast.notebook_helpers import predict_test_split
+    from genrecast.notebook_helpers import predict_test_split, read_table
     from genrecast.score import Predictor, predictor_for, run_score
     from genrecast.train_worker import load_clips
 
     cfg, result = train_on_backbone_profile(
         tmp_path, spark, 1, 6, 6.5, 3,
         "epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01",
+        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01, harmony: 2",
     )
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["training"]["head"] == "pooled" and meta["training"]["pool_clips"] == 1
+    assert meta["training"]["harmony"] == 2
     # refit: the epochs validation chose (its best accuracy's), then on train + validation tracks
     val_acc = result.workers[0]["history"]["val_accuracy"]
     assert meta["training"]["refit_epochs"] == val_acc.index(max(val_acc)) + 1 <= meta["training"]["epochs_run"]
@@ -190,16 +195,28 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     tracks = sorted(set(ids))
     clips = [x[[i for i, t in enumerate(ids) if t == track]] for track in tracks]
     assert {len(c) for c in clips} == {3} and list(pool_indices(3, 1)) == [1]
-    predictor = predictor_for(cfg, result.model_id, meta["genres"])  # head and pool_clips from model.json
-    assert predictor.head == "pooled" and predictor.pool_clips == 1
+    # Each track's statistics from its audio, decoded here as ingest decodes it.
+    sources = read_table(cfg, mels_uri(cfg), ["track_id", "source_uri"]).drop_duplicates("track_id")
+    source = dict(zip(sources["track_id"], sources["source_uri"], strict=True))
+    stats = np.stack([
+        harmony_stats(usable_samples(Storage().read_bytes(source[t]), source[t], cfg.audio, cfg.ingest), 16000)
+        for t in tracks
+    ])
+    predictor = predictor_for(cfg, result.model_id, meta["genres"])  # head, pool_clips, harmony from model.json
+    assert predictor.head == "pooled" and predictor.pool_clips == 1 and predictor.harmony
+    with pytest.raises(JobError, match="takes each track's harmony statistics"):
+        predictor.predict_tracks(clips)
     seen: list[int] = []  # clips through the backbone
     backbone_pass = predictor._features
     predictor._features = lambda batch: (seen.append(len(batch)), backbone_pass(batch))[1]
-    got = predictor.predict_tracks(clips)
+    got = predictor.predict_tracks(clips, stats)
     assert len(got) == len(tracks) and sum(seen) == len(tracks)  # only the pooled clip of each track
     features, head = pooled_parts(model)
     picked = np.stack([pool_clip_features(features(c[1:2], training=False).numpy()) for c in clips])
-    want_probs, want_emb = (o.numpy() for o in inference_model(head)(picked, training=False))
+    want_probs, want_emb = (o.numpy() for o in inference_model(head)([picked, stats], training=False))
+    # The statistics are an input that counts: without them the head says something else.
+    blind = inference_model(head)([picked, np.zeros_like(stats)], training=False)[0].numpy()
+    assert np.abs(blind - want_probs).max() > 1e-2
     np.testing.assert_allclose(np.stack([p for p, _e in got]), want_probs, atol=1e-5)
     np.testing.assert_allclose(np.stack([e for _p, e in got]), want_emb, atol=1e-5)
     # The score job reads pool_clips from model.json too: its rows are those track rows.
@@ -210,19 +227,22 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     np.testing.assert_allclose(np.stack([scored[t] for t in tracks]), want_probs, atol=1e-5)
     # With clip outputs every clip goes through the backbone; the track row is the same.
     seen.clear()
-    full = predictor.predict_all(clips)
+    full = predictor.predict_all(clips, harmony=stats)
     assert sum(seen) == len(ids) and [len(p) for p, _e, _tp, _te in full] == [3] * len(tracks)
     np.testing.assert_allclose(np.stack([tp for _p, _e, tp, _te in full]), want_probs, atol=1e-5)
     # pool_clips 0: every clip pooled, as the whole model does in its graph (TrackPool).
-    every = Predictor(model, meta["genres"], head="pooled").predict_tracks(clips)
+    every = Predictor(model, meta["genres"], head="pooled", harmony=2).predict_tracks(clips, stats)
     pooled = np.stack([pool_clip_features(features(c, training=False).numpy()) for c in clips])
     np.testing.assert_allclose(
-        np.stack([p for p, _e in every]), inference_model(head)(pooled, training=False)[0].numpy(), atol=1e-5
+        np.stack([p for p, _e in every]), inference_model(head)([pooled, stats], training=False)[0].numpy(), atol=1e-5
     )
-    np.testing.assert_allclose(model(clips[0], training=False).numpy()[0], every[0][0], atol=1e-5)
-    # Clip-level outputs: one row per clip (each clip as a one-clip track).
-    clip_probs, clip_embs = predictor.predict(clips[0])
+    np.testing.assert_allclose(model([clips[0], stats[:1]], training=False).numpy()[0], every[0][0], atol=1e-5)
+    # Clip-level outputs: one row per clip (each clip as a one-clip track of its track's statistics).
+    clip_probs, clip_embs = predictor.predict(clips[0], np.repeat(stats[:1], len(clips[0]), axis=0))
     assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 16)
+    np.testing.assert_allclose(clip_probs, full[0][0], atol=1e-5)
+    with pytest.raises(JobError, match="training.harmony is 0 but the model takes harmony statistics"):
+        Predictor(model, meta["genres"], head="pooled")
     with pytest.raises(JobError, match="training.head is 'clip' but the model has a track_pool layer"):
         Predictor(model, meta["genres"], head="clip")
     with pytest.raises(JobError, match="training.pool_clips is 2 for a 'clip' head"):

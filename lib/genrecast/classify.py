@@ -22,7 +22,7 @@ from genrecast.audio import AudioRejected
 from genrecast.catalogue import validate_track_id
 from genrecast.config import Config
 from genrecast.errors import ConfigError, GenrecastError, InvalidIdentifier, JobError
-from genrecast.score import clip_batches, predictor_for
+from genrecast.score import clip_batches, predictor_for, predictor_options
 from genrecast.storage import Storage, join
 from genrecast.timeline import Timeline, clip_rows, clip_times, compare
 
@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 DECIMALS = 6  # float32 carries ~7 significant digits; more in the output would be noise
 
 
-def _read_clips(storage: Storage, cfg: Config, path: str) -> tuple[np.ndarray, int]:
-    """(n_clips, n_mels, clip_frames) float32 dB of one file and its length in samples at
-    ``audio.sample_rate`` (for the clip times); raises with a one-line reason."""
-    from genrecast.features import track_clips_and_length
+def _read_clips(storage: Storage, cfg: Config, path: str, harmony: bool) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """(n_clips, n_mels, clip_frames) float32 dB of one file, its length in samples at
+    ``audio.sample_rate`` (for the clip times) and, with ``harmony``, its harmony statistics;
+    raises with a one-line reason."""
+    from genrecast.features import track_clips_length_harmony
 
     try:
         data = storage.read_bytes(path)
@@ -43,7 +44,7 @@ def _read_clips(storage: Storage, cfg: Config, path: str) -> tuple[np.ndarray, i
         raise AudioRejected("is a directory, not an audio file") from None
     except PermissionError:
         raise AudioRejected("permission denied") from None
-    return track_clips_and_length(data, path, cfg.audio, cfg.ingest)
+    return track_clips_length_harmony(data, path, cfg.audio, cfg.ingest, harmony)
 
 
 def _result(path: str, genres: list[str], probs: np.ndarray, n_clips: int) -> dict[str, Any]:
@@ -99,14 +100,15 @@ def track_timelines(
     meta = registry.read_model_json(cfg, model_id)
     registry.check_audio_params(meta, cfg.audio, model_id)
     genres = list(meta["genres"])
+    harmony = bool(predictor_options(meta)["harmony"])  # the model takes each track's harmony statistics
     storage = Storage.from_config(cfg)
     results: list[Timeline | dict[str, Any] | None] = [None] * len(paths_or_uris)
     samples: dict[int, int] = {}
 
-    def decoded() -> Iterator[tuple[int, np.ndarray]]:  # (input position, clips)
+    def decoded() -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:  # (input position, harmony, clips)
         for i, path in enumerate(paths_or_uris):
             try:
-                clips, samples[i] = _read_clips(storage, cfg, path)
+                clips, samples[i], stats = _read_clips(storage, cfg, path, harmony)
             except (AudioRejected, GenrecastError) as exc:  # GenrecastError: e.g. an invalid URI
                 results[i] = {"path": names[i], "error": str(exc)}
                 continue
@@ -117,12 +119,13 @@ def track_timelines(
                 first = (str(exc).strip().splitlines() or [""])[0]
                 results[i] = {"path": names[i], "error": f"{type(exc).__name__}: {first}"[:300]}
                 continue
-            yield i, clips
+            yield i, stats, clips
 
     for batch in clip_batches(decoded()):  # batched across files
         predictor = predictor_for(cfg, model_id, genres, threads)
-        predictions = predictor.predict_all([clips for _i, clips in batch])
-        for (i, _clips), (probs, embs, track_probs, track_emb) in zip(batch, predictions, strict=True):
+        stats = [s for _i, s, _clips in batch] if harmony else None
+        predictions = predictor.predict_all([clips for _i, _s, clips in batch], harmony=stats)
+        for (i, _s, _clips), (probs, embs, track_probs, track_emb) in zip(batch, predictions, strict=True):
             start_s, end_s = clip_times(samples[i], cfg.audio)
             if len(start_s) != len(probs):  # the clip cutting and the times must agree; never guess
                 raise JobError(f"{names[i]}: {len(probs)} clips but {len(start_s)} clip times")

@@ -165,6 +165,12 @@ class TrainConf(_Section):
     finetune: int = Field(0, ge=0, le=2)
     finetune_learning_rate: float = Field(1e-4, gt=0)
     finetune_epochs: int = Field(10, gt=0)
+    # Pooled head only: each track's harmony statistics (genrecast.harmony, 53 key-invariant
+    # numbers from the chroma of the whole decoded track) go into the head beside its pooled
+    # clip features, repeated this many times - the head standardises every column, so the
+    # repetition is the block's weight against the backbone's (1906 for musicnn-msd); 0 = off.
+    # Train, score, classify and similar --audio then decode each track's audio for it.
+    harmony: int = Field(0, ge=0, le=64)
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
@@ -337,6 +343,10 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raise ConfigError(
             f"{file}: key 'train.finetune': only built for train.head pooled with train.pool_clips > 0 (set it to 0)"
         )
+    if cfg.train.harmony and cfg.train.head != "pooled":
+        raise ConfigError(f"{file}: key 'train.harmony': only built for train.head pooled (set it to 0)")
+    if cfg.train.harmony and cfg.train.finetune:
+        raise ConfigError(f"{file}: key 'train.harmony': not built together with train.finetune (set one to 0)")
     if cfg.train.pool_clips and cfg.train.head != "pooled":
         raise ConfigError(f"{file}: key 'train.pool_clips': only used with train.head pooled (set it to 0)")
     if cfg.train.head == "pooled":

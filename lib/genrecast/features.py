@@ -177,6 +177,20 @@ def track_clips_and_length(data: bytes, uri: str, audio: AudioConf, ingest: Inge
     return log_mel_clips(y, audio), len(y)
 
 
+def track_clips_length_harmony(
+    data: bytes, uri: str, audio: AudioConf, ingest: IngestConf, harmony: bool
+) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """:func:`track_clips_and_length`, and with ``harmony`` the track's harmony statistics
+    (:func:`genrecast.harmony.harmony_stats` of the same samples, (53,) float32; else None): what
+    a pooled model trained with ``train.harmony`` takes beside the clips."""
+    if not harmony:
+        return (*track_clips_and_length(data, uri, audio, ingest), None)
+    from genrecast.harmony import harmony_stats
+
+    y = usable_samples(data, uri, audio, ingest)
+    return log_mel_clips(y, audio), len(y), harmony_stats(y, audio.sample_rate)
+
+
 def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
     """:func:`track_clips_and_length` without the length."""
     return track_clips_and_length(data, uri, audio, ingest)[0]

@@ -2,8 +2,8 @@
 how its chord roots move, from its chroma.
 
 Pure numpy + librosa. Measured as a probe beside the frozen backbone's features on the demo
-(``bench/harmony_probe.py``, BENCHMARKS.md "Harmony statistics beside the backbone"); not yet an
-input of a trained model.
+(``bench/harmony_probe.py``, BENCHMARKS.md "Harmony statistics beside the backbone"); a pooled
+model's second input with ``train.harmony`` (:func:`genrecast.model.build_pooled_head`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ EMBEDDING_LAYER = "embedding"
 PROBS_LAYER = "genre_probs"
 TRACK_POOL_LAYER = "track_pool"  # pooled models (train.head: pooled): clips' features -> one track row
 HEAD_LAYER = "head"  # pooled models: the nested model that trains (pooled features -> probabilities)
+HARMONY_INPUT = "harmony"  # pooled models with train.harmony: a track's harmony statistics
 
 
 def keras() -> Any:
@@ -140,29 +141,58 @@ def build_pooled_model(
     backbone: str,
     embedding_dim: int = 128,
     dropout: float = 0.3,
+    harmony: int = 0,
 ) -> Any:
     """Uncompiled ``train.head: pooled`` model: the clips of ONE track (n_clips, n_mels, frames)
     dB -> frozen ``backbone`` features (n_clips, F) -> ``track_pool`` (their mean and std over
     the clips, (1, 2F)) -> the nested model ``head`` (2F -> (1, n_genres) probabilities, with the
     ``embedding`` and ``genre_probs`` layers), which is what trains, on pooled track vectors
     (:func:`pool_clip_features`). Scoring runs the part before ``track_pool`` over many tracks'
-    clips at once and the head on the pooled rows (:class:`genrecast.score.Predictor`)."""
+    clips at once and the head on the pooled rows (:class:`genrecast.score.Predictor`).
+
+    ``harmony`` > 0 (``train.harmony``): a second input ``harmony``, the track's
+    :func:`genrecast.harmony.harmony_stats` (1, 53), goes into the head too
+    (:func:`build_pooled_head`)."""
     from genrecast.keras_layers import TrackPool
 
     k = keras()
     inputs, feats = _backbone_trunk(n_mels, frames, backbone)
-    head = build_pooled_head(int(feats.shape[-1]), n_genres, embedding_dim, dropout)
+    head = build_pooled_head(int(feats.shape[-1]), n_genres, embedding_dim, dropout, harmony)
     pooled = TrackPool(name=TRACK_POOL_LAYER)(feats)
-    return k.Model(inputs, head(pooled), name=f"genrecast_{backbone.replace('-', '_')}_pooled")
+    name = f"genrecast_{backbone.replace('-', '_')}_pooled"
+    if not harmony:
+        return k.Model(inputs, head(pooled), name=name)
+    from genrecast.harmony import N_FEATURES
+
+    stats = k.Input(shape=(N_FEATURES,), name=HARMONY_INPUT)
+    return k.Model([inputs, stats], head([pooled, stats]), name=name)
 
 
-def build_pooled_head(feature_dim: int, n_genres: int, embedding_dim: int = 128, dropout: float = 0.3) -> Any:
+def build_pooled_head(
+    feature_dim: int, n_genres: int, embedding_dim: int = 128, dropout: float = 0.3, harmony: int = 0
+) -> Any:
     """A pooled model's nested ``head``: pooled track rows (m, 2 x ``feature_dim``: mean + std of
     the clips' backbone features) -> (m, n_genres) probabilities, with the ``embedding`` and
-    ``genre_probs`` layers. The part of :func:`build_pooled_model` that trains."""
+    ``genre_probs`` layers. The part of :func:`build_pooled_model` that trains.
+
+    ``harmony`` > 0: inputs ``[pooled rows, harmony statistics (m, 53)]``, the statistics
+    appended to each row ``harmony`` times. The head's batch-norm standardises every column, so
+    the repetition is the block's weight in the first dense layer (BENCHMARKS.md "Harmony
+    statistics beside the backbone")."""
     k = keras()
     head_in = k.Input(shape=(2 * feature_dim,), name="pooled_features")
-    return k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+    if not harmony:
+        return k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+    from genrecast.harmony import N_FEATURES
+
+    stats = k.Input(shape=(N_FEATURES,), name=HARMONY_INPUT)
+    rows = k.layers.Concatenate(name="with_harmony")([head_in] + [stats] * harmony)
+    return k.Model([head_in, stats], _head(rows, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+
+
+def takes_harmony(head: Any) -> bool:
+    """Whether a pooled model's ``head`` (:func:`pooled_parts`) takes harmony statistics too."""
+    return len(head.inputs) == 2
 
 
 # train.finetune: the layer where a backbone's trained upper part starts, per depth. Every path
@@ -256,9 +286,10 @@ def stack_in_time_order(clips: list[tuple[int, np.ndarray]]) -> np.ndarray:
 
 def pooled_parts(model: Any) -> tuple[Any, Any]:
     """A pooled model (:func:`build_pooled_model`) -> (clip features model: (n, n_mels, frames)
-    dB -> (n, F), its ``head``: (m, 2F) pooled rows -> (m, n_genres)), sharing its weights."""
+    dB -> (n, F), its ``head``: (m, 2F) pooled rows [and (m, 53) harmony statistics] ->
+    (m, n_genres)), sharing its weights."""
     k = keras()
-    return k.Model(model.inputs, model.get_layer(TRACK_POOL_LAYER).input), model.get_layer(HEAD_LAYER)
+    return k.Model(model.inputs[0], model.get_layer(TRACK_POOL_LAYER).input), model.get_layer(HEAD_LAYER)
 
 
 def compile_model(model: Any, learning_rate: float = 1e-3, onehot: bool = False) -> Any:

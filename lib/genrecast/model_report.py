@@ -30,7 +30,8 @@ class Entry:
 
 def describe(meta: dict[str, Any]) -> str:
     """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips``,
-    ``musicnn-msd pooled, 3 clips, fine-tuned depth 2`` (only when validation kept fine-tuning)."""
+    ``musicnn-msd pooled, 3 clips, harmony x 12``, ``musicnn-msd pooled, 3 clips, fine-tuned depth 2``
+    (only when validation kept fine-tuning)."""
     backbone = meta.get("backbone")
     if not backbone or backbone == "scratch":
         return "scratch CNN"
@@ -41,7 +42,8 @@ def describe(meta: dict[str, Any]) -> str:
     head, clips = options["head"], options["pool_clips"]
     finetune = meta.get("training", {}).get("finetune") or {}
     tuned = f", fine-tuned depth {finetune['depth']}" if finetune.get("epochs") else ""
-    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "") + tuned
+    harmony = f", harmony x {options['harmony']}" if options["harmony"] else ""
+    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "") + harmony + tuned
 
 
 def compare(entries: list[Entry]) -> dict[str, Any]:

@@ -218,7 +218,8 @@ class SplitPredictions:
 def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     """Run the saved model over the test split's clips (:func:`registry.read_split`), clip level and
     track level (as scoring does: :meth:`genrecast.score.Predictor.predict_all`), with the train
-    job's own building blocks."""
+    job's own building blocks (for a model with ``training.harmony``, the test tracks' audio is
+    decoded again for their harmony statistics: :mod:`genrecast.track_harmony`)."""
     import pandas as pd
 
     from genrecast.score import Predictor, predictor_options
@@ -233,7 +234,18 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     for i, t in enumerate(clip_tracks):
         rows[t].append(i)
     predictor = Predictor(model, genres, **predictor_options(meta))
-    predictions = predictor.predict_all([x[rows[t]] for t in order])
+    harmony = None
+    if predictor.harmony:
+        from genrecast.dataset import mels_uri
+        from genrecast.track_harmony import stored_track_harmony
+
+        audio = read_table(cfg, mels_uri(cfg), ["track_id", "source_uri", "audio_sha256"]).drop_duplicates("track_id")
+        audio = audio.set_index("track_id")
+        storage = Storage.from_config(cfg)
+        harmony = [
+            stored_track_harmony(storage, cfg, t, audio.at[t, "source_uri"], audio.at[t, "audio_sha256"]) for t in order
+        ]
+    predictions = predictor.predict_all([x[rows[t]] for t in order], harmony=harmony)
     probs = np.zeros((len(x), len(genres)), np.float32)
     for t, (clip_probs, _e, _tp, _te) in zip(order, predictions, strict=True):
         probs[rows[t]] = clip_probs

@@ -175,7 +175,9 @@ class Predictor:
     clip metrics) treat each clip as a one-clip track (std 0): a rough local view, outside what
     its head was trained on; the track's genre and embedding come from the pooled row.
     ``pool_clips`` (``training.pool_clips``, pooled only): the track row pools the clips
-    :func:`genrecast.model.pool_indices` picks, as in training; 0 = all."""
+    :func:`genrecast.model.pool_indices` picks, as in training; 0 = all. A pooled model trained
+    with ``train.harmony`` (``self.harmony``) takes each track's harmony statistics too
+    (:func:`genrecast.features.track_clips_length_harmony`): every predict method then needs them."""
 
     def __init__(
         self,
@@ -184,10 +186,11 @@ class Predictor:
         batch_clips: int = BATCH_CLIPS,
         head: str = "clip",
         pool_clips: int = 0,
+        harmony: int = 0,
     ) -> None:
         import tensorflow as tf
 
-        from genrecast.model import TRACK_POOL_LAYER, inference_model, pooled_parts
+        from genrecast.model import TRACK_POOL_LAYER, inference_model, pooled_parts, takes_harmony
 
         if pool_clips and head != "pooled":
             raise JobError(f"model.json training.pool_clips is {pool_clips} for a {head!r} head (pooled only)")
@@ -197,14 +200,20 @@ class Predictor:
                 f"model.json training.head is {head!r} but the model {'has' if has_pool else 'lacks'} "
                 f"a {TRACK_POOL_LAYER} layer"
             )
-        self.head, self.pool_clips = head, pool_clips
+        self.head, self.pool_clips, self.harmony = head, pool_clips, False
         if head == "pooled":
             features, head_model = pooled_parts(keras_model)
             infer = inference_model(head_model)
             clip_in = features.inputs[0]
+            self.harmony = takes_harmony(head_model)
         else:
             features, infer = None, inference_model(keras_model)
             clip_in = infer.inputs[0]
+        if self.harmony != bool(harmony):
+            raise JobError(
+                f"model.json training.harmony is {harmony} but the model "
+                f"{'takes' if self.harmony else 'does not take'} harmony statistics"
+            )
         n_out = int(infer.outputs[0].shape[-1])
         if n_out != len(genres):
             raise JobError(f"model has {n_out} outputs but model.json lists {len(genres)} genres")
@@ -212,9 +221,9 @@ class Predictor:
         self.input_shape = tuple(int(d) for d in clip_in.shape[1:])  # (n_mels, clip_frames)
         self.batch_clips = batch_clips
         # One traced graph for every batch size: eager Keras calls cost ~ms of Python per layer.
+        specs = [tf.TensorSpec((None, *(int(d) for d in i.shape[1:])), tf.float32) for i in infer.inputs]
         self._infer = tf.function(
-            lambda x: infer(x, training=False),
-            input_signature=[tf.TensorSpec((None, *(int(d) for d in infer.inputs[0].shape[1:])), tf.float32)],
+            lambda *x: infer(list(x) if self.harmony else x[0], training=False), input_signature=specs
         )
         self._features = (
             None
@@ -225,9 +234,11 @@ class Predictor:
             )
         )
 
-    def _batched(self, fn: Any, x: np.ndarray) -> list[np.ndarray]:
-        """``fn`` over ``x`` in batches of ``batch_clips`` rows -> its outputs, concatenated."""
-        outs = [fn(x[start : start + self.batch_clips]) for start in range(0, len(x), self.batch_clips)]
+    def _batched(self, fn: Any, *xs: np.ndarray) -> list[np.ndarray]:
+        """``fn`` over the rows of ``xs`` (each its argument) in batches of ``batch_clips`` rows
+        -> its outputs, concatenated."""
+        size = self.batch_clips
+        outs = [fn(*(x[start : start + size] for x in xs)) for start in range(0, len(xs[0]), size)]
         outs = [o if isinstance(o, (list, tuple)) else (o,) for o in outs]
         return [np.concatenate([o[i].numpy() for o in outs]) for i in range(len(outs[0]))]
 
@@ -235,19 +246,40 @@ class Predictor:
         if clips.shape[1:] != self.input_shape:
             raise JobError(f"clips of shape {clips.shape[1:]} for a model that takes {self.input_shape}")
 
-    def predict(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _harmony_rows(self, harmony: Sequence[np.ndarray] | None, n_tracks: int) -> list[np.ndarray]:
+        """The head's extra inputs: [(n_tracks, 53) float32] for a model that takes harmony
+        statistics, [] for one that does not. Refuses a missing or misshapen block."""
+        from genrecast.harmony import N_FEATURES
+
+        if not self.harmony:
+            return []
+        if harmony is None:
+            raise JobError("this model takes each track's harmony statistics (model.json training.harmony): none given")
+        rows = np.asarray(harmony, np.float32).reshape(len(harmony), -1) if len(harmony) else np.zeros((0, N_FEATURES))
+        if rows.shape != (n_tracks, N_FEATURES):
+            raise JobError(f"harmony statistics of shape {rows.shape} for {n_tracks} tracks of {N_FEATURES} numbers")
+        return [rows.astype(np.float32)]
+
+    def predict(
+        self, clips: np.ndarray, harmony: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(n, n_mels, clip_frames) float32 dB -> (n, n_genres) probabilities, (n, d) unit
-        embeddings, per clip (a pooled model: each clip as a one-clip track)."""
+        embeddings, per clip (a pooled model: each clip as a one-clip track; ``harmony``: each
+        clip's track's statistics (n, 53), for a model that takes them)."""
         self._check(clips)
+        extra = self._harmony_rows(harmony, len(clips))
         if self._features is None:
             probs, embs = self._batched(self._infer, clips)
             return probs, embs
         feats = self._batched(self._features, clips)[0]
-        probs, embs = self._batched(self._infer, np.concatenate([feats, np.zeros_like(feats)], axis=1))
+        probs, embs = self._batched(self._infer, np.concatenate([feats, np.zeros_like(feats)], axis=1), *extra)
         return probs, embs
 
     def predict_all(
-        self, tracks: Sequence[np.ndarray], clip_outputs: bool = True
+        self,
+        tracks: Sequence[np.ndarray],
+        clip_outputs: bool = True,
+        harmony: Sequence[np.ndarray] | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Clips of several tracks, batched across track boundaries -> per track, in order: its
         clips' probabilities (n_clips, n_genres) and unit embeddings (n_clips, d) (as
@@ -257,9 +289,13 @@ class Predictor:
 
         ``clip_outputs=False`` (callers that keep only the track row): a pooled model with
         ``pool_clips`` runs the backbone on the pooled clips only - the saving the option is
-        for - and returns empty clip arrays (0, n_genres) and (0, d) for every model."""
+        for - and returns empty clip arrays (0, n_genres) and (0, d) for every model.
+
+        ``harmony``: per track its harmony statistics (53,), for a model that takes them
+        (``self.harmony``; its clip rows take their track's)."""
         from genrecast.model import pool_clip_features, pool_indices
 
+        extra = self._harmony_rows(harmony, len(tracks))
         if not tracks:
             return []
         if self._features is None:
@@ -280,7 +316,9 @@ class Predictor:
         pooled = np.stack([pool_clip_features(feats[a:b][p]) for (a, b), p in zip(spans, picks, strict=True)])
         # Each clip as a one-clip track (std 0), then the pooled rows: one pass of the head.
         rows = [np.concatenate([feats, np.zeros_like(feats)], axis=1), pooled] if clip_outputs else [pooled]
-        probs, embs = self._batched(self._infer, np.concatenate(rows))
+        if extra and clip_outputs:  # a clip row takes its track's statistics
+            extra = [np.concatenate([np.repeat(extra[0], [b - a for a, b in spans], axis=0), extra[0]])]
+        probs, embs = self._batched(self._infer, np.concatenate(rows), *extra)
         n = len(clips) if clip_outputs else 0
         return [
             (
@@ -292,21 +330,29 @@ class Predictor:
             for i, (a, b) in enumerate(spans)
         ]
 
-    def predict_clips(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def predict_clips(
+        self, tracks: Sequence[np.ndarray], harmony: Sequence[np.ndarray] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per track, in order: its clips' (probabilities (n_clips, n_genres), unit embeddings
         (n_clips, d)) (see :meth:`predict_all`)."""
-        return [(p, e) for p, e, _tp, _te in self.predict_all(tracks)]
+        return [(p, e) for p, e, _tp, _te in self.predict_all(tracks, harmony=harmony)]
 
-    def predict_tracks(self, tracks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def predict_tracks(
+        self, tracks: Sequence[np.ndarray], harmony: Sequence[np.ndarray] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per track, in order: (probabilities (n_genres,), unit embedding (d,)) (see :meth:`predict_all`)."""
-        return [(tp, te) for _p, _e, tp, te in self.predict_all(tracks, clip_outputs=False)]
+        return [(tp, te) for _p, _e, tp, te in self.predict_all(tracks, clip_outputs=False, harmony=harmony)]
 
 
 def predictor_options(meta: dict[str, Any]) -> dict[str, Any]:
     """A model.json -> the :class:`Predictor` keywords its ``training`` section sets (``head``,
-    ``pool_clips``; models from before either key get the defaults)."""
+    ``pool_clips``, ``harmony``; models from before a key get its default)."""
     training = meta.get("training", {})
-    return {"head": training.get("head", "clip"), "pool_clips": int(training.get("pool_clips", 0))}
+    return {
+        "head": training.get("head", "clip"),
+        "pool_clips": int(training.get("pool_clips", 0)),
+        "harmony": int(training.get("harmony") or 0),
+    }
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -319,6 +365,7 @@ def predictor_for(
     threads: int | None = 1,
     head: str | None = None,
     pool_clips: int = 0,
+    harmony: int = 0,
 ) -> Predictor:
     """The model ``model_id``, loaded from storage once per process (Spark reuses its Python
     workers, so once per worker). Only the last model is kept: a worker scores one at a time.
@@ -332,7 +379,7 @@ def predictor_for(
         if head is None:
             options = predictor_options(registry.read_model_json(cfg, model_id))
         else:
-            options = {"head": head, "pool_clips": pool_clips}
+            options = {"head": head, "pool_clips": pool_clips, "harmony": harmony}
         _PREDICTORS.clear()
         _PREDICTORS[key] = Predictor(registry.load_keras_file(cfg, model_id), genres, **options)
     return _PREDICTORS[key]
@@ -375,11 +422,13 @@ def score_partition(
     scored_at: datetime,
     tmp_prefix: str,
     timeline_tmp_prefix: str | None = None,
+    harmony: bool = False,
 ) -> Iterator[ScorePartitionResult]:
-    """Executor side: fetch, hash, decode + mel (as ingest), run the model over the clips of
+    """Executor side: fetch, hash, decode + mel (as ingest) - and with ``harmony`` (the model's
+    ``training.harmony``) each track's harmony statistics -, run the model over the clips of
     many tracks at once, aggregate per track; write one Parquet file of score rows (and, given
     ``timeline_tmp_prefix``, one of clip rows)."""
-    from genrecast.features import track_clips_and_length
+    from genrecast.features import track_clips_length_harmony
     from genrecast.timeline import clip_times
 
     storage = Storage.from_config(cfg)
@@ -389,17 +438,19 @@ def score_partition(
     predictor: Predictor | None = None
     samples: dict[str, int] = {}  # track_id -> decoded length, for the clip times
 
-    def decoded() -> Iterator[tuple[TrackTask, str, np.ndarray]]:
+    def decoded() -> Iterator[tuple[TrackTask, str, np.ndarray | None, np.ndarray]]:
         for task, data, sha in changed_inputs(storage, tasks, res, "score"):
             t = time.perf_counter()
             try:
-                clips, samples[task.track_id] = track_clips_and_length(data, task.uri, cfg.audio, cfg.ingest)
+                clips, samples[task.track_id], stats = track_clips_length_harmony(
+                    data, task.uri, cfg.audio, cfg.ingest, harmony
+                )
             except Exception as exc:  # AudioRejected or a decoder bug: a reject; MemoryError: re-raised there
                 res.reject_error(task, "score", exc, sha)
                 continue
             finally:
                 res.seconds["audio"] += time.perf_counter() - t
-            yield task, sha, clips
+            yield task, sha, stats, clips  # clips last: clip_batches counts them
 
     for batch in clip_batches(decoded()):
         if predictor is None:  # loaded only when there is work: a no-op nightly never imports TF
@@ -408,8 +459,12 @@ def score_partition(
             res.seconds["load"] += time.perf_counter() - t
         t = time.perf_counter()
         # Clip rows only for the timelines: without them a pooled model runs only its pooled clips.
-        predictions = predictor.predict_all([clips for _task, _sha, clips in batch], bool(timeline_tmp_prefix))
-        for (task, sha, clips), (clip_probs, _clip_embs, probs, emb) in zip(batch, predictions, strict=True):
+        predictions = predictor.predict_all(
+            [clips for _task, _sha, _h, clips in batch],
+            bool(timeline_tmp_prefix),
+            [h for _task, _sha, h, _clips in batch] if harmony else None,
+        )
+        for (task, sha, _h, clips), (clip_probs, _clip_embs, probs, emb) in zip(batch, predictions, strict=True):
             best = int(np.argmax(probs))
             if timeline_tmp_prefix:
                 times = clip_times(samples.pop(task.track_id), cfg.audio)
@@ -534,7 +589,9 @@ def run_score(
     ):
         for uri in tables:
             commit.recover(storage, uri, leases[uri])
-        _score(cfg, spark, storage, summary, genres, leases, allow_mass_delete, frames)
+        # train.harmony models take each track's harmony statistics: decoded beside its clips
+        harmony = bool(predictor_options(meta)["harmony"])
+        _score(cfg, spark, storage, summary, genres, leases, allow_mass_delete, frames, harmony)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -593,6 +650,7 @@ def _score(
     leases: dict[str, lease.TableLease],
     allow_mass_delete: bool,
     frames: list[Any],
+    harmony: bool = False,
 ) -> None:
     """Plan on Spark (:mod:`genrecast.score_plan`), score the tracks to fetch, commit. The driver
     holds counts, the partitions' results and rejects (proportional to the change) and the
@@ -639,7 +697,9 @@ def _score(
         scored_at = datetime.now(UTC)
         tl_tmp_prefix = f"{tl_uri}/{commit.TMP}/{run_id}" if keep_timeline else None
         rdd = task_rdd(plan.decided, n_parts).mapPartitionsWithIndex(
-            lambda i, it: score_partition(i, it, cfg, model_id, genres, threads, scored_at, tmp_prefix, tl_tmp_prefix)
+            lambda i, it: score_partition(
+                i, it, cfg, model_id, genres, threads, scored_at, tmp_prefix, tl_tmp_prefix, harmony
+            )
         )
         log.info("score %s: %d tracks, %d partitions on %s (model %s)", mode, n_tasks, n_parts, sc.master, model_id)
         from genrecast.spark import with_progress

@@ -86,15 +86,15 @@ def similar_for_track(cfg: Config, track_id: str, k: int = 10, model: str = "lat
 
 def embed_audio_bytes(cfg: Config, data: bytes, uri: str, predictor: Any) -> np.ndarray:
     """(d,) float32 unit embedding of one audio file, made exactly as the scoring job makes it
-    (:func:`genrecast.features.track_clips`, then :class:`genrecast.score.Predictor`)."""
+    (:func:`genrecast.features.track_clips_length_harmony`, then :class:`genrecast.score.Predictor`)."""
     from genrecast.audio import AudioRejected
-    from genrecast.features import track_clips
+    from genrecast.features import track_clips_length_harmony
 
     try:
-        clips = track_clips(data, uri, cfg.audio, cfg.ingest)
+        clips, _samples, stats = track_clips_length_harmony(data, uri, cfg.audio, cfg.ingest, predictor.harmony)
     except AudioRejected as exc:
         raise JobError(f"{uri}: {exc}") from None
-    return predictor.predict_tracks([clips])[0][1]
+    return predictor.predict_tracks([clips], None if stats is None else [stats])[0][1]
 
 
 def similar_for_audio(cfg: Config, path_or_uri: str, k: int = 10, model: str = "latest") -> list[dict[str, Any]]:

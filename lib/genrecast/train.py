@@ -39,6 +39,7 @@ from genrecast.dataset import check_mel_metadata, index_dataset, mels_uri
 from genrecast.errors import JobError
 from genrecast.split import TEST, TRAIN, VAL, LabelledTrack, assign_splits, split_counts, split_groups
 from genrecast.storage import Storage, join
+from genrecast.track_harmony import harmony_pass
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 2048
@@ -100,6 +101,7 @@ def _test_track_sums(
     genres: list[str],
     test_ids: frozenset[str],
     threads: int,
+    harmony: dict[str, np.ndarray] | None = None,
 ) -> Iterator[tuple[str, tuple[int, np.ndarray, np.ndarray]]]:
     """Executor: the test clips of one mel part file, a row group at a time (other rows' mels are
     not read), through the saved model - loaded once per Python worker
@@ -107,7 +109,8 @@ def _test_track_sums(
     track, keyed for ``reduceByKey(_add)``: ``(clips, clips x track probabilities (n_genres,)
     float64, predicted-genre counts of its clips (n_genres,) int64)``. A pooled model
     (``train.head: pooled``) needs a track's clips together: its file's test clips are gathered
-    first (ingest writes a track into one file), in time order (``train.pool_clips`` picks by it)."""
+    first (ingest writes a track into one file), in time order (``train.pool_clips`` picks by it);
+    with ``train.harmony``, ``harmony`` holds each test track's statistics."""
     from genrecast.model import stack_in_time_order
     from genrecast.score import predictor_for
 
@@ -117,7 +120,7 @@ def _test_track_sums(
     def add(clips: dict[str, list[tuple[int, np.ndarray]]]) -> None:
         order = list(clips)
         tracks = [stack_in_time_order(clips[t]).astype(np.float32) for t in order]
-        predictions = predictor.predict_all(tracks)
+        predictions = predictor.predict_all(tracks, harmony=[harmony[t] for t in order] if harmony else None)
         for track_id, (probs, _embeddings, track_probs, _embedding) in zip(order, predictions, strict=True):
             n = len(probs)
             row = (n, track_probs.astype(np.float64) * n, np.bincount(probs.argmax(axis=1), minlength=len(genres)))
@@ -127,7 +130,13 @@ def _test_track_sums(
     for table in storage.iter_row_groups(uri, ["track_id", "clip_index", "mel"], where=("track_id", test_ids)):
         if predictor is None:
             predictor = predictor_for(
-                cfg, model_id, genres, threads, head=cfg.train.head, pool_clips=cfg.train.pool_clips
+                cfg,
+                model_id,
+                genres,
+                threads,
+                head=cfg.train.head,
+                pool_clips=cfg.train.pool_clips,
+                harmony=cfg.train.harmony,
             )
         columns = (table.column(c).to_pylist() for c in ("track_id", "clip_index", "mel"))
         for track_id, clip, blob in zip(*columns, strict=True):
@@ -363,6 +372,12 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         validation_steps,
     )
 
+    track_harmony: dict[str, np.ndarray] = {}
+    if cfg.train.harmony:
+        t_harmony = time.monotonic()
+        track_harmony = harmony_pass(spark, cfg, files, frozenset(assignment))
+        log.info("train: harmony statistics of %d tracks in %.0fs", len(track_harmony), time.monotonic() - t_harmony)
+
     model_id = commit.new_run_id()
     model_dir = registry.model_uri(cfg, model_id)
     spec = {
@@ -386,6 +401,9 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "finetune": cfg.train.finetune,
         "finetune_learning_rate": cfg.train.finetune_learning_rate,
         "finetune_epochs": cfg.train.finetune_epochs,
+        "harmony": cfg.train.harmony,
+        # train.harmony: each train and validation track's statistics (a worker takes its shards')
+        "track_harmony": {t: v.tolist() for t, v in track_harmony.items() if assignment[t] != TEST},
         # pooled head: each train and validation track's clip count, so a worker sends only the
         # clips it pools through the backbone
         "track_clips": {t: n for t, n in track_clips.items() if assignment[t] in (TRAIN, VAL)} if pooled else {},
@@ -415,7 +433,10 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     log.info("train: %d workers done in %.0fs, %d epochs", workers, train_seconds, results[0]["epochs_run"])
 
     t_eval = time.monotonic()
-    metrics = evaluate(cfg, spark, files, model_id, genres, assignment, genre_of, track_feats, source_of)
+    test_harmony = {t: v for t, v in track_harmony.items() if assignment[t] == TEST}
+    metrics = evaluate(
+        cfg, spark, files, model_id, genres, assignment, genre_of, track_feats, source_of, test_harmony or None
+    )
     log.info("train: evaluated in %.0fs", time.monotonic() - t_eval)
     chief = results[0]
     metrics["training"] = {
@@ -428,6 +449,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "params": chief["params"],
         "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
         "pool_clips": cfg.train.pool_clips,  # and, for a pooled head, the clips it pools
+        "harmony": cfg.train.harmony,  # and whether its head takes harmony statistics (their weight)
         "refit_epochs": chief.get("refit_epochs"),  # train.refit: epochs on train + validation, else None
         # train.finetune: its depth and the epochs validation kept (0: the head alone won), else None
         "finetune": {"depth": cfg.train.finetune, "epochs": chief.get("finetune_epochs"),
@@ -471,6 +493,7 @@ def evaluate(
     genre_of: dict[str, str],
     track_feats: dict[str, np.ndarray],
     source_of: dict[str, str] | None = None,
+    harmony: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics of the saved model (clip and track level) and of the MFCC baseline,
     and - when a test track has a labels.csv ``source`` (``source_of``) - both track
@@ -481,14 +504,15 @@ def evaluate(
     of its clips: O(test tracks x genres), never the test clips - and builds the clip-level
     confusion matrix from the counts. The baseline (logistic regression on the per-track mean of
     clip MFCC statistics, fitted on train + val, tested on test) takes ``track_feats``: one
-    (40,) row per labelled track, reduced on the executors by the statistics pass."""
+    (40,) row per labelled track, reduced on the executors by the statistics pass. ``harmony``:
+    each test track's harmony statistics, for a model trained with ``train.harmony``."""
     storage = Storage.from_config(cfg)
     test_ids = frozenset(t for t, s in assignment.items() if s == TEST)
     threads = int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
     parts = _file_passes(spark, files)
     rows = sorted(
         spark.sparkContext.parallelize(files, parts)
-        .flatMap(lambda f: _test_track_sums(f, cfg, storage, model_id, genres, test_ids, threads))
+        .flatMap(lambda f: _test_track_sums(f, cfg, storage, model_id, genres, test_ids, threads, harmony))
         .reduceByKey(_add, parts)
         .collect()
     )

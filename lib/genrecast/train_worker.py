@@ -226,6 +226,20 @@ def vector_batches(x: Any, y: np.ndarray, batch: int, seed: int | None = None) -
     return ds.with_options(options).prefetch(2)
 
 
+def harmony_rows(stats: dict[str, list[float]], tracks: list[str]) -> np.ndarray:
+    """(len(tracks), 53) float32: the harmony statistics of ``tracks`` (``train.harmony``)."""
+    from genrecast.harmony import N_FEATURES
+
+    return np.asarray([stats[t] for t in tracks], np.float32).reshape(len(tracks), N_FEATURES)
+
+
+def concat_rows(a: Any, b: Any) -> Any:
+    """Two sets of track rows -> one: arrays, or tuples of arrays (a head with two inputs)."""
+    if isinstance(a, tuple):
+        return tuple(np.concatenate(pair) for pair in zip(a, b, strict=True))
+    return np.concatenate([a, b])
+
+
 def peak_rss_mb() -> float | None:
     """This process's peak resident set (``VmHWM``), MiB; None off Linux."""
     try:
@@ -306,7 +320,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             )
         elif pooled:
             net = build_pooled_model(
-                cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
+                cfg.audio.n_mels,
+                cfg.audio.clip_frames,
+                len(spec["genres"]),
+                backbone,
+                spec["embedding_dim"],
+                harmony=int(spec.get("harmony", 0)),
             )
         else:
             net = build_backbone_model(
@@ -355,10 +374,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             train_feats, val_feats = train_outs, val_outs
         x_train = np.stack([pool_clip_features(f) for f in train_feats])
         x_val = np.stack([pool_clip_features(f) for f in val_feats]) if val_feats else np.zeros((0, x_train.shape[1]))
+        if spec.get("harmony"):  # the head's second input: each track's harmony statistics (the driver's pass)
+            x_train = (x_train, harmony_rows(spec["track_harmony"], spec["train_shards"][rank]))
+            x_val = (x_val, harmony_rows(spec["track_harmony"], spec["val_shards"][rank]))
         feature_pass["seconds"] = time.perf_counter() - t0
         log(
             rank,
-            f"pooled features of {len(x_train)} train / {len(x_val)} validation tracks "
+            f"pooled features of {len(y_train)} train / {len(y_val)} validation tracks "
             f"({int(feature_pass['clips'])} of {int(feature_pass['read_clips'])} clips) in "
             f"{feature_pass['seconds']:.1f}s",
         )
@@ -456,7 +478,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         # every worker); a fresh head and optimiser now train that long on train + validation.
         scores = history.history.get("val_accuracy") or [0.0]
         refit_epochs = int(np.argmax(scores)) + 1
-        x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        x_all, y_all = concat_rows(x_train, x_val), np.concatenate([y_train, y_val])
         with strategy.scope():
             fit_model.set_weights(initial)
             if depth:
@@ -484,7 +506,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             )
         log(
             rank,
-            f"refit on {len(x_all)} train + validation tracks for {refit_epochs} epochs"
+            f"refit on {len(y_all)} train + validation tracks for {refit_epochs} epochs"
             f"{f' + {finetune_epochs} finetune epochs' if finetune_epochs else ''} in "
             f"{time.perf_counter() - t0:.1f}s",
         )
