@@ -14,6 +14,8 @@ profile and compared with the first variant's score rows in a last table:
   cnn         the genre CNN (train.backbone scratch, the default profile)
   pooled-k3   musicnn-msd, train.head pooled, train.pool_clips 3 (16 kHz / 96 mels)
   pooled-all  musicnn-msd, train.head pooled, every clip pooled
+  pooled-k3-harmony  pooled-k3 with train.harmony (each track's harmony statistics: its whole
+              audio's chroma, computed by score from the samples it decodes)
 Usage:
   .venv/bin/python bench/score.py [--tracks 60] [--cores 2] [--out bench/out] [--retrain]
                                   [--variants cnn,pooled-k3,pooled-all]
@@ -39,6 +41,7 @@ VARIANTS = {
     "cnn": ("", ""),
     "pooled-k3": (BACKBONE_AUDIO, ", backbone: musicnn-msd, head: pooled, pool_clips: 3"),
     "pooled-all": (BACKBONE_AUDIO, ", backbone: musicnn-msd, head: pooled"),
+    "pooled-k3-harmony": (BACKBONE_AUDIO, ", backbone: musicnn-msd, head: pooled, pool_clips: 3, harmony: 48"),
 }
 
 
@@ -171,12 +174,12 @@ def main() -> int:
     if len(summary) > 1:
         n = len(paths)
         print(f"\nscore backfill, local[{args.cores}], {n} tracks: tracks per core-minute, vs {summary[0][0]}")
-        print(f"{'variant':<12} {'cold':>8} {'warm':>8} {'cold vs':>8} {'warm vs':>8}")
+        print(f"{'variant':<18} {'cold':>8} {'warm':>8} {'cold vs':>8} {'warm vs':>8}")
         base = [n / (wall * args.cores / 60) for wall in summary[0][1:]]
         for variant, cold, warm in summary:
             rates = [n / (wall * args.cores / 60) for wall in (cold, warm)]
             ratios = f"{rates[0] / base[0]:>7.2f}x {rates[1] / base[1]:>7.2f}x"
-            print(f"{variant:<12} {rates[0]:>8.0f} {rates[1]:>8.0f} {ratios}")
+            print(f"{variant:<18} {rates[0]:>8.0f} {rates[1]:>8.0f} {ratios}")
     return 0
 
 

@@ -21,17 +21,18 @@ def test_local_yaml_loads_with_contract_defaults(monkeypatch):
 
 
 def test_backbone_yaml_is_the_local_default_with_the_backbone_profile(monkeypatch):
-    """conf/backbone.yaml: the pooled musicnn head on local folders, its audio fitting the backbone."""
+    """conf/backbone.yaml: the pooled musicnn head (with harmony statistics) on local folders, its
+    audio fitting the backbone."""
     monkeypatch.chdir(REPO)
     local = load_config(REPO / "conf" / "local.yaml", environ={})
     cfg = load_config(REPO / "conf" / "backbone.yaml", environ={})  # validation checks the profile
-    train = (cfg.train.backbone, cfg.train.head, cfg.train.pool_clips, cfg.train.refit)
-    assert train == ("musicnn-msd", "pooled", 3, True)
+    train = (cfg.train.backbone, cfg.train.head, cfg.train.pool_clips, cfg.train.refit, cfg.train.harmony)
+    assert train == ("musicnn-msd", "pooled", 3, True, 48)
     assert cfg.storage.root == str(REPO / "data" / "genrecast-backbone") != local.storage.root
     assert cfg.catalogue == local.catalogue and cfg.genres == local.genres
     differ = {"storage", "audio", "train"}
     assert cfg.model_dump(exclude=differ) == local.model_dump(exclude=differ)
-    ours = {"backbone", "head", "pool_clips", "refit"}
+    ours = {"backbone", "head", "pool_clips", "refit", "harmony"}
     assert cfg.train.model_dump(exclude=ours) == local.train.model_dump(exclude=ours)
 
 
