@@ -83,3 +83,39 @@ def test_stored_track_harmony_decodes_the_ingested_audio_or_refuses(tmp_path):
         stored_track_harmony(Storage(), cfg, "a", str(path), "0" * 64)
     with pytest.raises(JobError, match=r"track b: its audio .*b\.wav is gone since ingest"):
         stored_track_harmony(Storage(), cfg, "b", str(tmp_path / "b.wav"), sha)
+
+
+def test_harmony_pass_gives_each_track_its_statistics_or_one_clear_error(trained, spark):
+    """train.harmony's Spark pass over the mel dataset: every wanted track once, equal to its
+    statistics computed alone; a track no file holds, or whose audio changed since ingest, is one
+    JobError naming it (the executor reports the change; the driver raises)."""
+    from genrecast import commit
+    from genrecast.dataset import mels_uri
+    from genrecast.errors import JobError
+    from genrecast.storage import Storage
+    from genrecast.track_harmony import _file_harmony, checked_rows, harmony_pass, stored_track_harmony
+
+    _root, cfg, _model_id = trained
+    storage = Storage.from_config(cfg)
+    files = commit.table_files(storage, mels_uri(cfg))
+    audio = {}  # track_id -> (file, source_uri, audio_sha256)
+    for f in files:
+        table = storage.read_parquet(f, ["track_id", "source_uri", "audio_sha256"]).to_pylist()
+        audio.update({r["track_id"]: (f, r["source_uri"], r["audio_sha256"]) for r in table})
+    wanted = frozenset(sorted(audio)[:5])
+    got = harmony_pass(spark, cfg, files, wanted, 2)
+    assert got.keys() == wanted
+    for t in wanted:
+        # rtol: another process's BLAS may round the chroma's last bits differently (2.9e-11 seen)
+        np.testing.assert_allclose(got[t], stored_track_harmony(storage, cfg, t, *audio[t][1:]), rtol=1e-6)
+    with pytest.raises(JobError, match="no clips of track zzz/none .1 in all. in the mel dataset"):
+        harmony_pass(spark, cfg, files, wanted | {"zzz/none"}, 2)
+
+    track = min(wanted)
+    file, source, _sha = audio[track]
+    read = storage.read_bytes
+    storage.read_bytes = lambda uri: read(uri) + (b"\0" if uri == source else b"")  # the audio changed
+    rows = list(_file_harmony(file, cfg, storage, {track}))
+    assert rows == [(track, f"track {track}: its audio {source} changed since ingest; run genrecast ingest")]
+    with pytest.raises(JobError, match=f"harmony statistics of 1 track.s. failed, first track {track}: its audio"):
+        checked_rows(rows + [(t, got[t]) for t in wanted - {track}], wanted)

@@ -375,7 +375,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
     track_harmony: dict[str, np.ndarray] = {}
     if cfg.train.harmony:
         t_harmony = time.monotonic()
-        track_harmony = harmony_pass(spark, cfg, files, frozenset(assignment))
+        track_harmony = harmony_pass(spark, cfg, files, frozenset(assignment), _file_passes(spark, files))
         log.info("train: harmony statistics of %d tracks in %.0fs", len(track_harmony), time.monotonic() - t_harmony)
 
     model_id = commit.new_run_id()
