@@ -160,12 +160,14 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     ``train.harmony``: each track's harmony statistics, from its whole decoded audio, are the
     head's second input in training, evaluation, scoring and the notebooks' helper alike."""
     from genrecast import backbone
+    from genrecast.classify import classify_files
     from genrecast.dataset import mels_uri, scores_uri
     from genrecast.features import usable_samples
     from genrecast.harmony import harmony_stats
     from genrecast.model import BACKBONE_FEATURES, inference_model, pool_clip_features, pool_indices, pooled_parts
     from genrecast.notebook_helpers import predict_test_split, read_table
     from genrecast.score import Predictor, predictor_for, run_score
+    from genrecast.similar import embed_audio_bytes, similar_for_audio
     from genrecast.train_worker import load_clips
 
     cfg, result = train_on_backbone_profile(
@@ -225,6 +227,13 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
              for f in commit.table_files(Storage(), scores_uri(cfg, result.model_id))]
     scored = {r["track_id"]: r["probabilities"] for rows in table for r in rows}
     np.testing.assert_allclose(np.stack([scored[t] for t in tracks]), want_probs, atol=1e-5)
+    # classify and similar --audio decode a file and compute its statistics too: the same track row.
+    one = tracks[0]
+    [row] = classify_files(cfg, [source[one]], model=result.model_id, threads=1)
+    np.testing.assert_allclose([row["probabilities"][g] for g in meta["genres"]], want_probs[0], atol=1e-5)
+    embedding = embed_audio_bytes(cfg, Storage().read_bytes(source[one]), source[one], predictor)
+    np.testing.assert_allclose(embedding, want_emb[0], atol=1e-5)
+    assert len(similar_for_audio(cfg, source[one], k=3, model=result.model_id)) == 3
     # With clip outputs every clip goes through the backbone; the track row is the same.
     seen.clear()
     full = predictor.predict_all(clips, harmony=stats)
