@@ -164,7 +164,7 @@ def test_memory_error_fails_the_task_and_is_never_a_reject(tmp_path, monkeypatch
     cfg = write_config(tmp_path)
     task = TrackTask("a", str(write_audio(tmp_path / "audio" / "a.wav", tone(4.0))))
     monkeypatch.setattr(ingest, "usable_samples", _raise(exc))
-    monkeypatch.setattr(features, "track_clips_and_length", _raise(exc))  # score and classify import it late
+    monkeypatch.setattr(features, "track_clips_length_harmony", _raise(exc))  # score and classify import it late
     monkeypatch.setattr(registry, "resolve_model_id", lambda cfg, spec: "m")  # classify: no model needed
     monkeypatch.setattr(registry, "read_model_json", lambda cfg, model_id: {"genres": ["rock"], "audio": {}})
     monkeypatch.setattr(registry, "check_audio_params", lambda meta, audio, model_id: None)

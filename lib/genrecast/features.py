@@ -166,34 +166,29 @@ def usable_samples(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) 
     return y
 
 
-def track_clips_and_length(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> tuple[np.ndarray, int]:
-    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB, and the
-    decoded length in samples at ``audio.sample_rate`` (the clip times need it).
-
-    The single decode + mel path shared by ingest, score and classify, so a model always sees
-    clips made exactly as its training clips were. Raises :class:`AudioRejected`.
-    """
-    y = usable_samples(data, uri, audio, ingest)
-    return log_mel_clips(y, audio), len(y)
-
-
 def track_clips_length_harmony(
     data: bytes, uri: str, audio: AudioConf, ingest: IngestConf, harmony: bool
 ) -> tuple[np.ndarray, int, np.ndarray | None]:
-    """:func:`track_clips_and_length`, and with ``harmony`` the track's harmony statistics
-    (:func:`genrecast.harmony.harmony_stats` of the same samples, (53,) float32; else None): what
-    a pooled model trained with ``train.harmony`` takes beside the clips."""
-    if not harmony:
-        return (*track_clips_and_length(data, uri, audio, ingest), None)
-    from genrecast.harmony import harmony_stats
+    """One audio file -> (n_clips, n_mels, clip_frames) float32 log-mel clips in dB, the decoded
+    length in samples at ``audio.sample_rate`` (the clip times need it) and, with ``harmony``, the
+    track's harmony statistics (:func:`genrecast.harmony.harmony_stats` of the same samples, (53,)
+    float32; else None): what a pooled model trained with ``train.harmony`` takes beside the clips.
 
+    The single decode + mel path shared by score, classify and similar, so a model always sees
+    clips made exactly as ingest made its training clips. Raises :class:`AudioRejected`.
+    """
     y = usable_samples(data, uri, audio, ingest)
-    return log_mel_clips(y, audio), len(y), harmony_stats(y, audio.sample_rate)
+    stats = None
+    if harmony:
+        from genrecast.harmony import harmony_stats
+
+        stats = harmony_stats(y, audio.sample_rate)
+    return log_mel_clips(y, audio), len(y), stats
 
 
 def track_clips(data: bytes, uri: str, audio: AudioConf, ingest: IngestConf) -> np.ndarray:
-    """:func:`track_clips_and_length` without the length."""
-    return track_clips_and_length(data, uri, audio, ingest)[0]
+    """:func:`track_clips_length_harmony`'s clips alone."""
+    return track_clips_length_harmony(data, uri, audio, ingest, False)[0]
 
 
 def warm_up(params: AudioConf) -> None:

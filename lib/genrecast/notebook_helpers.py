@@ -222,6 +222,7 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     decoded again for their harmony statistics: :mod:`genrecast.track_harmony`)."""
     import pandas as pd
 
+    from genrecast.dataset import mels_uri
     from genrecast.score import Predictor, predictor_options
     from genrecast.train_worker import load_clips
 
@@ -234,13 +235,12 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
     for i, t in enumerate(clip_tracks):
         rows[t].append(i)
     predictor = Predictor(model, genres, **predictor_options(meta))
+    audio = read_table(cfg, mels_uri(cfg), ["track_id", "source_uri", "audio_sha256"])
+    audio = audio.drop_duplicates("track_id").set_index("track_id")
     harmony = None
     if predictor.harmony:
-        from genrecast.dataset import mels_uri
         from genrecast.track_harmony import stored_track_harmony
 
-        audio = read_table(cfg, mels_uri(cfg), ["track_id", "source_uri", "audio_sha256"]).drop_duplicates("track_id")
-        audio = audio.set_index("track_id")
         storage = Storage.from_config(cfg)
         harmony = [
             stored_track_harmony(storage, cfg, t, audio.at[t, "source_uri"], audio.at[t, "audio_sha256"]) for t in order
@@ -251,14 +251,13 @@ def predict_test_split(cfg: Config, model_id: str) -> SplitPredictions:
         probs[rows[t]] = clip_probs
     track_probs = np.stack([tp for _p, _e, tp, _te in predictions]) if order else np.zeros((0, len(genres)))
     true = {t: genres[label] for t, label in zip(clip_tracks, y, strict=True)}
-    sources = clip_index(cfg).drop_duplicates("track_id").set_index("track_id")["source_uri"]
     tracks = pd.DataFrame(
         {
             "track_id": order,
             "true": [true[t] for t in order],
             "predicted": [genres[i] for i in track_probs.argmax(1)],
             "confidence": track_probs.max(1),
-            "source_uri": [sources.get(t) for t in order],
+            "source_uri": [audio["source_uri"].get(t) for t in order],
         }
     )
     tracks["correct"] = tracks["true"] == tracks["predicted"]

@@ -258,7 +258,7 @@ class Predictor:
         rows = np.asarray(harmony, np.float32).reshape(len(harmony), -1) if len(harmony) else np.zeros((0, N_FEATURES))
         if rows.shape != (n_tracks, N_FEATURES):
             raise JobError(f"harmony statistics of shape {rows.shape} for {n_tracks} tracks of {N_FEATURES} numbers")
-        return [rows.astype(np.float32)]
+        return [rows.astype(np.float32, copy=False)]
 
     def predict(
         self, clips: np.ndarray, harmony: np.ndarray | None = None
