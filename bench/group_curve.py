@@ -75,6 +75,17 @@ def heard(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, folds: int = 5
     return float(np.mean(pred == y))
 
 
+def labelled_tracks(cfg: Any, tracks: list[str], genres: list[str]) -> list[Any]:
+    """``tracks`` as ``split.LabelledTrack`` (genre and artist from labels.csv): what
+    ``split.assign_splits`` rebuilds train's split from, for another split seed."""
+    from genrecast.catalogue import load_labels
+    from genrecast.split import LabelledTrack
+    from genrecast.storage import Storage
+
+    labels, _rejects = load_labels(Storage.from_config(cfg), cfg.catalogue.labels_uri, genres)
+    return [LabelledTrack(t, labels[t].genre, labels[t].artist) for t in tracks]
+
+
 def split_features(cfg: Any, model: str, backbone: str, cache: str) -> dict[str, Any]:
     """Every labelled track of ``model``'s split -> ``genres``, per clip (ordered by track, then
     clip) ``ids``, ``labels``, the frozen ``backbone``'s ``feats`` and ``mfcc`` statistics, and

@@ -82,14 +82,12 @@ def main() -> None:
     parser.add_argument("--cs", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     args = parser.parse_args()
 
-    from group_curve import split_features, track_stats
+    from group_curve import labelled_tracks, split_features, track_stats
     from sklearn.model_selection import GroupKFold
 
     from genrecast import registry
-    from genrecast.catalogue import load_labels
     from genrecast.config import load_config
-    from genrecast.split import TEST, LabelledTrack, assign_splits
-    from genrecast.storage import Storage
+    from genrecast.split import TEST, assign_splits
 
     cfg = load_config(args.conf)
     data = split_features(cfg, args.model, args.backbone, args.cache)
@@ -99,7 +97,6 @@ def main() -> None:
     y = np.asarray([label[t] for t in tracks])
     groups = np.asarray([group_of[t] for t in tracks])
 
-    storage = Storage.from_config(cfg)
     t0 = time.perf_counter()
     harmony = catalogue_harmony(cfg, tracks, args.harmony_clips)
     took = time.perf_counter() - t0
@@ -131,8 +128,7 @@ def main() -> None:
                     best, pick = right, (w, c)
         return pick
 
-    labels, _rejects = load_labels(storage, cfg.catalogue.labels_uri, data["genres"])
-    labelled = [LabelledTrack(t, labels[t].genre, labels[t].artist) for t in tracks]
+    labelled = labelled_tracks(cfg, tracks, data["genres"])
     model_split = registry.read_split(cfg, data["model_id"])
     sides = {seed: assign_splits(labelled, cfg.train.split.test, cfg.train.split.val, seed) for seed in (0, 1, 2)}
     if sides[0] != {t: model_split[t] for t in tracks}:

@@ -76,12 +76,11 @@ def main() -> None:
         # it against the backbone's columns (1906 for musicnn-msd; bench/harmony_probe.py weighs it).
         xs = np.concatenate([xs] + [catalogue_harmony(cfg, tracks)] * args.harmony, axis=1)
     if args.split_seed is not None:
-        from genrecast.catalogue import load_labels
-        from genrecast.split import LabelledTrack, assign_splits
-        from genrecast.storage import Storage
+        from group_curve import labelled_tracks
 
-        labels, _rejects = load_labels(Storage.from_config(cfg), cfg.catalogue.labels_uri, genres)
-        labelled = [LabelledTrack(t, labels[t].genre, labels[t].artist) for t in tracks]
+        from genrecast.split import assign_splits
+
+        labelled = labelled_tracks(cfg, tracks, genres)
         assignment = assign_splits(labelled, cfg.train.split.test, cfg.train.split.val, args.split_seed)
     side = np.asarray([assignment[t] for t in tracks])
     tr, va, te = side == "train", side == "val", side == "test"
