@@ -56,6 +56,10 @@ def test_compare_puts_each_models_numbers_side_by_side():
         tuned = {**pooled["training"], "finetune": {"depth": 2, "epochs": epochs, "learning_rate": 1e-4}}
         tuned_doc = compare([_entry("m3", 1.0, 1.0, backbone=pooled["backbone"], training=tuned)])
         assert tuned_doc["models"][0]["kind"] == kind
+    # train.harmony and train.classifier logistic, as model.json records them
+    fitted = {**pooled["training"], "harmony": 24, "classifier": "logistic", "logistic_c": 10.0}
+    fitted_doc = compare([_entry("m4", 1.0, 1.0, backbone=pooled["backbone"], training=fitted)])
+    assert fitted_doc["models"][0]["kind"] == "musicnn-msd pooled, 3 clips, harmony x 24, logistic C 10"
 
 
 def test_report_has_a_row_per_labels_source():

@@ -158,7 +158,9 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     head and ``pool_clips``, and the Predictor scores a track with the head applied to the pooled
     features of the clips training pooled (here 1 of each track's 3: the middle one).
     ``train.harmony``: each track's harmony statistics, from its whole decoded audio, are the
-    head's second input in training, evaluation, scoring and the notebooks' helper alike."""
+    head's second input in training, evaluation, scoring and the notebooks' helper alike.
+    ``train.classifier: logistic``: the head converges to sklearn's logistic regression on the
+    same standardised rows (the refit's: train + validation tracks), its embedding the logits."""
     from genrecast import backbone
     from genrecast.classify import classify_files
     from genrecast.dataset import mels_uri, scores_uri
@@ -172,15 +174,17 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
 
     cfg, result = train_on_backbone_profile(
         tmp_path, spark, 1, 6, 6.5, 3,
-        "epochs: 30, batch_size: 8, patience: 30, workers: 2, embedding_dim: 16, backbone: vgg-msd,"
-        " head: pooled, pool_clips: 1, refit: true, learning_rate: 0.01, harmony: 2",
+        "batch_size: 8, workers: 2, embedding_dim: 16, backbone: vgg-msd, head: pooled, pool_clips: 1,"
+        " refit: true, harmony: 2, classifier: logistic, logistic_c: 0.5, logistic_steps: 300",
     )
     meta = registry.read_model_json(cfg, result.model_id)
     assert meta["training"]["head"] == "pooled" and meta["training"]["pool_clips"] == 1
     assert meta["training"]["harmony"] == 2
-    # refit: the epochs validation chose (its best accuracy's), then on train + validation tracks
-    val_acc = result.workers[0]["history"]["val_accuracy"]
-    assert meta["training"]["refit_epochs"] == val_acc.index(max(val_acc)) + 1 <= meta["training"]["epochs_run"]
+    assert meta["training"]["classifier"] == "logistic" and meta["training"]["logistic_c"] == 0.5
+    assert meta["training"]["logistic_steps"] == 300
+    assert meta["embedding_dim"] == 3  # the logits
+    # one full-batch fit on the train tracks, then the refit on train + validation tracks
+    assert meta["training"]["epochs_run"] == meta["training"]["refit_epochs"] == 1
     model, _ = registry.load_model(cfg, result.model_id)
     fresh = backbone.feature_model(backbone.build_backbone("vgg-msd"), BACKBONE_FEATURES["vgg"])
     for before, after in zip(fresh.get_weights(), model.get_layer("backbone").get_weights(), strict=True):
@@ -188,7 +192,7 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     assert result.metrics["cnn_track"]["accuracy"] >= 0.8, result.report_text
 
     split = registry.read_split(cfg, result.model_id, meta)
-    x, _y, ids = load_clips(cfg, sorted(split), meta["genres"])
+    x, y, ids = load_clips(cfg, sorted(split), meta["genres"])
     # The workers read the train and validation tracks between them, every clip once, and sent
     # only each track's pooled clip (pool_clips 1) through the backbone.
     passes = meta["training"]["feature_pass"]
@@ -221,6 +225,18 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     assert np.abs(blind - want_probs).max() > 1e-2
     np.testing.assert_allclose(np.stack([p for p, _e in got]), want_probs, atol=1e-5)
     np.testing.assert_allclose(np.stack([e for _p, e in got]), want_emb, atol=1e-5)
+    # The head is the penalised regression's optimum: sklearn's, fitted on the refit's rows.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = np.concatenate([picked] + [stats] * 2, axis=1)
+    labels = np.asarray([y[ids.index(t)] for t in tracks])
+    fitted = np.asarray([split[t] != "test" for t in tracks])
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=10000, tol=1e-8))
+    reference_probs = reference.fit(rows[fitted], labels[fitted]).predict_proba(rows)
+    print("max |keras - sklearn| probability", np.abs(reference_probs - want_probs).max())
+    np.testing.assert_allclose(want_probs, reference_probs, atol=0.02)  # 5e-5 seen at 600 steps
     # The score job reads pool_clips from model.json too: its rows are those track rows.
     assert run_score(cfg, spark, "nightly").scored == len(tracks)
     table = [Storage().read_parquet(f, ["track_id", "probabilities"]).to_pylist()
@@ -248,7 +264,7 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     np.testing.assert_allclose(model([clips[0], stats[:1]], training=False).numpy()[0], every[0][0], atol=1e-5)
     # Clip-level outputs: one row per clip (each clip as a one-clip track of its track's statistics).
     clip_probs, clip_embs = predictor.predict(clips[0], np.repeat(stats[:1], len(clips[0]), axis=0))
-    assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 16)
+    assert clip_probs.shape == (len(clips[0]), 3) and clip_embs.shape == (len(clips[0]), 3)
     np.testing.assert_allclose(clip_probs, full[0][0], atol=1e-5)
     with pytest.raises(JobError, match="training.harmony is 0 but the model takes harmony statistics"):
         Predictor(model, meta["genres"], head="pooled")

@@ -171,6 +171,14 @@ class TrainConf(_Section):
     # repetition is the block's weight against the backbone's (1906 for musicnn-msd); 0 = off.
     # Train, score, classify and similar --audio then decode each track's audio for it.
     harmony: int = Field(0, ge=0, le=64)
+    # Pooled head only. "mlp": batch-norm, dropout, the dense embedding_dim ReLU embedding,
+    # softmax; early-stopped on validation. "logistic": a multinomial logistic regression on the
+    # standardised row (L2 penalty with sklearn's C = logistic_c), fitted to convergence in
+    # logistic_steps full-batch steps (each a collective between the workers: ~17 ms); its
+    # embedding is its n_genres logits.
+    classifier: Literal["mlp", "logistic"] = "mlp"
+    logistic_c: float = Field(1.0, gt=0)
+    logistic_steps: int = Field(2000, gt=0)
     augment: AugmentConf = Field(default_factory=AugmentConf)
     split: SplitConf = Field(default_factory=SplitConf)
 
@@ -347,6 +355,14 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raise ConfigError(f"{file}: key 'train.harmony': only built for train.head pooled (set it to 0)")
     if cfg.train.harmony and cfg.train.finetune:
         raise ConfigError(f"{file}: key 'train.harmony': not built together with train.finetune (set one to 0)")
+    if cfg.train.classifier == "logistic" and cfg.train.head != "pooled":
+        raise ConfigError(
+            f"{file}: key 'train.classifier': logistic is only built for train.head pooled (set it to mlp)"
+        )
+    if cfg.train.classifier == "logistic" and cfg.train.finetune:
+        raise ConfigError(
+            f"{file}: key 'train.classifier': logistic is not built together with train.finetune (set it to 0)"
+        )
     if cfg.train.pool_clips and cfg.train.head != "pooled":
         raise ConfigError(f"{file}: key 'train.pool_clips': only used with train.head pooled (set it to 0)")
     if cfg.train.head == "pooled":

@@ -116,6 +116,25 @@ def _head(x: Any, n_genres: int, embedding_dim: int, dropout: float) -> Any:
     return layers.Dense(n_genres, activation="softmax", name=PROBS_LAYER)(x)
 
 
+# train.classifier logistic: full-batch Adam from this rate, cosine-decayed to 0 over
+# train.logistic_steps. On the demo's rows (harmony x 48, C 1) 2000 steps came within 0.034 of
+# sklearn's probabilities (5000 steps at 0.01: the same); 600 steps at 0.01 stayed 0.3 away.
+LOGISTIC_LEARNING_RATE = 0.05
+
+
+def _logistic_head(x: Any, n_genres: int, l2: float) -> Any:
+    """Features -> probabilities by a multinomial logistic regression: the row standardised
+    (a batch-norm without scale or offset, in full batches the rows' own mean and variance),
+    then ``embedding`` = the n_genres logits (L2 penalty ``l2`` on the weights) and their softmax."""
+    layers = keras().layers
+    # epsilon 1e-6, not 1e-3: harmony columns vary by 1e-3-1e-2 and would be shrunk, not standardised.
+    x = layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-6, center=False, scale=False, synchronized=True, name="feature_bn"
+    )(x)
+    logits = layers.Dense(n_genres, kernel_regularizer=keras().regularizers.L2(l2), name=EMBEDDING_LAYER)(x)
+    return layers.Softmax(name=PROBS_LAYER)(logits)
+
+
 def build_backbone_model(
     n_mels: int,
     frames: int,
@@ -142,6 +161,7 @@ def build_pooled_model(
     embedding_dim: int = 128,
     dropout: float = 0.3,
     harmony: int = 0,
+    logistic_l2: float | None = None,
 ) -> Any:
     """Uncompiled ``train.head: pooled`` model: the clips of ONE track (n_clips, n_mels, frames)
     dB -> frozen ``backbone`` features (n_clips, F) -> ``track_pool`` (their mean and std over
@@ -152,12 +172,12 @@ def build_pooled_model(
 
     ``harmony`` > 0 (``train.harmony``): a second input ``harmony``, the track's
     :func:`genrecast.harmony.harmony_stats` (1, 53), goes into the head too
-    (:func:`build_pooled_head`)."""
+    (:func:`build_pooled_head`), and ``logistic_l2`` makes the head a logistic regression."""
     from genrecast.keras_layers import TrackPool
 
     k = keras()
     inputs, feats = _backbone_trunk(n_mels, frames, backbone)
-    head = build_pooled_head(int(feats.shape[-1]), n_genres, embedding_dim, dropout, harmony)
+    head = build_pooled_head(int(feats.shape[-1]), n_genres, embedding_dim, dropout, harmony, logistic_l2)
     pooled = TrackPool(name=TRACK_POOL_LAYER)(feats)
     name = f"genrecast_{backbone.replace('-', '_')}_pooled"
     if not harmony:
@@ -169,7 +189,12 @@ def build_pooled_model(
 
 
 def build_pooled_head(
-    feature_dim: int, n_genres: int, embedding_dim: int = 128, dropout: float = 0.3, harmony: int = 0
+    feature_dim: int,
+    n_genres: int,
+    embedding_dim: int = 128,
+    dropout: float = 0.3,
+    harmony: int = 0,
+    logistic_l2: float | None = None,
 ) -> Any:
     """A pooled model's nested ``head``: pooled track rows (m, 2 x ``feature_dim``: mean + std of
     the clips' backbone features) -> (m, n_genres) probabilities, with the ``embedding`` and
@@ -178,16 +203,25 @@ def build_pooled_head(
     ``harmony`` > 0: inputs ``[pooled rows, harmony statistics (m, 53)]``, the statistics
     appended to each row ``harmony`` times. The head's batch-norm standardises every column, so
     the repetition is the block's weight in the first dense layer (BENCHMARKS.md "Harmony
-    statistics beside the backbone")."""
+    statistics beside the backbone").
+
+    ``logistic_l2`` (``train.classifier: logistic``): the layers after the row are
+    :func:`_logistic_head`'s, with that penalty, instead of the MLP's."""
     k = keras()
+
+    def top(x: Any) -> Any:
+        if logistic_l2 is not None:
+            return _logistic_head(x, n_genres, logistic_l2)
+        return _head(x, n_genres, embedding_dim, dropout)
+
     head_in = k.Input(shape=(2 * feature_dim,), name="pooled_features")
     if not harmony:
-        return k.Model(head_in, _head(head_in, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+        return k.Model(head_in, top(head_in), name=HEAD_LAYER)
     from genrecast.harmony import N_FEATURES
 
     stats = k.Input(shape=(N_FEATURES,), name=HARMONY_INPUT)
     rows = k.layers.Concatenate(name="with_harmony")([head_in] + [stats] * harmony)
-    return k.Model([head_in, stats], _head(rows, n_genres, embedding_dim, dropout), name=HEAD_LAYER)
+    return k.Model([head_in, stats], top(rows), name=HEAD_LAYER)
 
 
 def takes_harmony(head: Any) -> bool:
@@ -292,11 +326,13 @@ def pooled_parts(model: Any) -> tuple[Any, Any]:
     return k.Model(model.inputs[0], model.get_layer(TRACK_POOL_LAYER).input), model.get_layer(HEAD_LAYER)
 
 
-def compile_model(model: Any, learning_rate: float = 1e-3, onehot: bool = False) -> Any:
-    """Adam + cross-entropy on label indices, or on one-hot (soft, with mixup) labels."""
+def compile_model(model: Any, learning_rate: float = 1e-3, onehot: bool = False, decay_steps: int = 0) -> Any:
+    """Adam + cross-entropy on label indices, or on one-hot (soft, with mixup) labels;
+    ``decay_steps`` > 0: the rate cosine-decays to 0 over that many steps."""
     k = keras()
+    rate = k.optimizers.schedules.CosineDecay(learning_rate, decay_steps) if decay_steps else learning_rate
     model.compile(
-        optimizer=k.optimizers.Adam(learning_rate),
+        optimizer=k.optimizers.Adam(rate),
         loss="categorical_crossentropy" if onehot else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

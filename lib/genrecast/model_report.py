@@ -30,8 +30,9 @@ class Entry:
 
 def describe(meta: dict[str, Any]) -> str:
     """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips``,
-    ``musicnn-msd pooled, 3 clips, harmony x 48``, ``musicnn-msd pooled, 3 clips, fine-tuned depth 2``
-    (only when validation kept fine-tuning)."""
+    ``musicnn-msd pooled, 3 clips, harmony x 48``, ``musicnn-msd pooled, 3 clips, harmony x 24,
+    logistic C 10``, ``musicnn-msd pooled, 3 clips, fine-tuned depth 2`` (only when validation kept
+    fine-tuning)."""
     backbone = meta.get("backbone")
     if not backbone or backbone == "scratch":
         return "scratch CNN"
@@ -43,7 +44,9 @@ def describe(meta: dict[str, Any]) -> str:
     finetune = meta.get("training", {}).get("finetune") or {}
     tuned = f", fine-tuned depth {finetune['depth']}" if finetune.get("epochs") else ""
     harmony = f", harmony x {options['harmony']}" if options["harmony"] else ""
-    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "") + harmony + tuned
+    training = meta.get("training", {})
+    logistic = f", logistic C {training['logistic_c']:g}" if training.get("classifier") == "logistic" else ""
+    return f"{name} {head}" + (f", {clips} clips" if head == "pooled" and clips else "") + harmony + logistic + tuned
 
 
 def compare(entries: list[Entry]) -> dict[str, Any]:

@@ -372,6 +372,29 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         validation_steps,
     )
 
+    fit_steps, refit_steps = steps, (
+        math.ceil((len(train_ids) + counts[VAL]) / global_batch) if cfg.train.refit else 0
+    )
+    logistic: dict[str, Any] = {}
+    if pooled and cfg.train.classifier == "logistic":
+        # Full batches: every step all of a worker's rows (the smaller shards padded with
+        # weight-0 rows), so the standardisation is the rows' own and the fit converges. The
+        # objective is sklearn's for C = logistic_c, mean loss + |W|^2 / (2 C n) over the n rows
+        # of each fit: the penalty is fixed at the training fit's n, and the rows' weight
+        # (global batch / that n) makes the refit's the same objective over its own rows, scaled.
+        n_fit = sum(len(shard) for shard in train_shards)
+        batch = max(len(shard) for shard in train_shards)
+        refit_batch = max(len(t) + len(v) for t, v in zip(train_shards, shards, strict=True))
+        logistic = {
+            "batch": batch,
+            "refit_batch": refit_batch,
+            "l2": 1.0 / (2 * cfg.train.logistic_c * n_fit),
+            "weight": workers * batch / n_fit,
+            "refit_weight": workers * refit_batch / n_fit,
+        }
+        fit_steps = cfg.train.logistic_steps
+        epochs, refit_steps = 1, fit_steps if cfg.train.refit else 0
+
     track_harmony: dict[str, np.ndarray] = {}
     if cfg.train.harmony:
         t_harmony = time.monotonic()
@@ -390,7 +413,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "band_mean": band_mean.tolist(),
         "band_std": band_std.tolist(),
         "epochs": epochs,
-        "steps_per_epoch": steps,
+        "steps_per_epoch": fit_steps,
         "batch_size": global_batch,
         "learning_rate": cfg.train.learning_rate,
         "patience": cfg.train.patience,
@@ -408,9 +431,9 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         # clips it pools through the backbone
         "track_clips": {t: n for t, n in track_clips.items() if assignment[t] in (TRAIN, VAL)} if pooled else {},
         # train.refit: steps of an epoch over the train + validation tracks (the same on every worker)
-        "refit_steps": (
-            math.ceil((len(train_ids) + split_counts(assignment)[VAL]) / global_batch) if cfg.train.refit else 0
-        ),
+        "refit_steps": refit_steps,
+        # train.classifier logistic: per-worker full batches (train, train + validation) and the penalty
+        "logistic": logistic,
         "train_shards": train_shards,  # pooled head: per worker, its train tracks
         "val_batch": val_batch,  # pooled head: validation rows per worker and step
         "shuffle_buffer": min(SHUFFLE_BUFFER, max(64, clips_per_split[TRAIN] // workers)),
@@ -450,6 +473,10 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "head": cfg.train.head,  # genrecast.score.Predictor picks its path from this
         "pool_clips": cfg.train.pool_clips,  # and, for a pooled head, the clips it pools
         "harmony": cfg.train.harmony,  # and whether its head takes harmony statistics (their weight)
+        # pooled head: mlp, or logistic with its C and full-batch steps
+        "classifier": cfg.train.classifier if pooled else None,
+        "logistic_c": cfg.train.logistic_c if logistic else None,
+        "logistic_steps": cfg.train.logistic_steps if logistic else None,
         "refit_epochs": chief.get("refit_epochs"),  # train.refit: epochs on train + validation, else None
         # train.finetune: its depth and the epochs validation kept (0: the head alone won), else None
         "finetune": {"depth": cfg.train.finetune, "epochs": chief.get("finetune_epochs"),
@@ -471,7 +498,7 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         "split": {**split.model_dump(), "counts": counts, "table": registry.SPLIT_FILE},
         "dataset": {"uri": mels_uri(cfg), "fingerprint": fingerprint, "tracks": len(tracks)},
         "features_key": features_key,
-        "embedding_dim": cfg.train.embedding_dim,
+        "embedding_dim": len(genres) if logistic else cfg.train.embedding_dim,  # logistic: its logits
         "backbone": "scratch" if cfg.train.backbone == "scratch" else describe_backbone(cfg.train.backbone),
         "params": chief["params"],
         "metrics": {k: metrics[k]["accuracy"] for k in ("cnn_track", "cnn_clip", "baseline_track")},

@@ -226,6 +226,25 @@ def vector_batches(x: Any, y: np.ndarray, batch: int, seed: int | None = None) -
     return ds.with_options(options).prefetch(2)
 
 
+def full_batches(x: Any, y: np.ndarray, batch: int, weight: float) -> Any:
+    """In-memory rows (an array, or a tuple of arrays) -> endless tf.data of one batch, all of
+    them every step (``train.classifier: logistic``), each row of sample weight ``weight``:
+    padded to ``batch`` rows by repeating the first rows with weight 0, so every worker's step
+    has the same size."""
+    import tensorflow as tf
+
+    n = len(y)
+    if not 0 < n <= batch:
+        raise ValueError(f"full batch of {batch} rows for {n} rows")
+    pick = np.concatenate([np.arange(n), np.arange(batch - n) % n])
+    rows = tuple(a[pick] for a in x) if isinstance(x, tuple) else x[pick]
+    weights = np.where(np.arange(batch) < n, weight, 0.0).astype(np.float32)
+    ds = tf.data.Dataset.from_tensors((rows, y[pick], weights)).repeat()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # shards are ours
+    return ds.with_options(options).prefetch(2)
+
+
 def harmony_rows(stats: dict[str, list[float]], tracks: list[str]) -> np.ndarray:
     """(len(tracks), 53) float32: the harmony statistics of ``tracks`` (``train.harmony``)."""
     from genrecast.harmony import N_FEATURES
@@ -255,6 +274,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     from genrecast.config import Config
     from genrecast.model import (
+        LOGISTIC_LEARNING_RATE,
         build_backbone_model,
         build_finetune_trainer,
         build_model,
@@ -298,8 +318,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         readers.append(reader)
         return ds
 
-    def train_rows(x: Any, y: np.ndarray) -> Any:
-        """In-memory track rows -> a DatasetCreator function: shuffled batches of this worker's share."""
+    logistic = spec.get("logistic") or {}
+
+    def train_rows(x: Any, y: np.ndarray, full_batch: tuple[int, float] | None = None) -> Any:
+        """In-memory track rows -> a DatasetCreator function: shuffled batches of this worker's
+        share, or (``full_batch`` = (rows, weight): train.classifier logistic) all of it every step."""
+        if full_batch:
+            return lambda _ctx: full_batches(x, y, *full_batch)
         return lambda ctx: vector_batches(x, y, ctx.get_per_replica_batch_size(global_batch), seed=spec["seed"] + rank)
 
     def val_rows(x: Any, y: np.ndarray) -> Any:
@@ -326,6 +351,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 backbone,
                 spec["embedding_dim"],
                 harmony=int(spec.get("harmony", 0)),
+                logistic_l2=logistic.get("l2"),
             )
         else:
             net = build_backbone_model(
@@ -335,7 +361,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
         # Pooled: only the nested head trains (on track rows); `model` is what is saved.
         fit_model = compile_model(
-            pooled_parts(net)[1] if pooled else net, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment)
+            pooled_parts(net)[1] if pooled else net,
+            LOGISTIC_LEARNING_RATE if logistic else spec["learning_rate"],
+            onehot=needs_onehot(cfg.train.augment),
+            decay_steps=spec["steps_per_epoch"] if logistic else 0,
         )
         model = net
     initial = fit_model.get_weights() if spec.get("refit_steps") else None  # train.refit's fresh head
@@ -385,7 +414,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             f"{feature_pass['seconds']:.1f}s",
         )
 
-        dataset_fn, val_fn = train_rows(x_train, y_train), val_rows(x_val, y_val)
+        full = (logistic["batch"], logistic["weight"]) if logistic else None
+        dataset_fn, val_fn = train_rows(x_train, y_train, full), val_rows(x_val, y_val)
 
     if rank == 0:
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -401,7 +431,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             secs = time.perf_counter() - self.t0
-            clips = spec["steps_per_epoch"] * per_replica  # tracks, for a pooled head
+            clips = spec["steps_per_epoch"] * logistic.get("batch", per_replica)  # tracks, for a pooled head
             logs = logs or {}
             if rank == 0:
                 log(
@@ -483,11 +513,18 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             fit_model.set_weights(initial)
             if depth:
                 upper.set_weights(upper_initial)
-            fit_model = compile_model(fit_model, spec["learning_rate"], onehot=needs_onehot(cfg.train.augment))
+            fit_model = compile_model(
+                fit_model,
+                LOGISTIC_LEARNING_RATE if logistic else spec["learning_rate"],
+                onehot=needs_onehot(cfg.train.augment),
+                decay_steps=spec["refit_steps"] if logistic else 0,
+            )
 
         t0 = time.perf_counter()
         fit_model.fit(
-            k.utils.experimental.DatasetCreator(train_rows(x_all, y_all)),
+            k.utils.experimental.DatasetCreator(train_rows(
+                x_all, y_all, (logistic["refit_batch"], logistic["refit_weight"]) if logistic else None
+            )),
             epochs=refit_epochs,
             steps_per_epoch=spec["refit_steps"],
             verbose=0,
