@@ -16,6 +16,7 @@ profile and compared with the first variant's score rows in a last table:
   pooled-all  musicnn-msd, train.head pooled, every clip pooled
   pooled-k3-harmony  pooled-k3 with train.harmony (each track's harmony statistics: its whole
               audio's chroma, computed by score from the samples it decodes)
+  pooled-k3-harmony-logistic  pooled-k3-harmony with train.classifier logistic (conf/backbone.yaml's recipe)
 Usage:
   .venv/bin/python bench/score.py [--tracks 60] [--cores 2] [--out bench/out] [--retrain]
                                   [--variants cnn,pooled-k3,pooled-all]
@@ -42,6 +43,10 @@ VARIANTS = {
     "pooled-k3": (BACKBONE_AUDIO, ", backbone: musicnn-msd, head: pooled, pool_clips: 3"),
     "pooled-all": (BACKBONE_AUDIO, ", backbone: musicnn-msd, head: pooled"),
     "pooled-k3-harmony": (BACKBONE_AUDIO, ", backbone: musicnn-msd, head: pooled, pool_clips: 3, harmony: 48"),
+    "pooled-k3-harmony-logistic": (
+        BACKBONE_AUDIO,
+        ", backbone: musicnn-msd, head: pooled, pool_clips: 3, harmony: 48, classifier: logistic",
+    ),
 }
 
 
