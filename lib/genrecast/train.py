@@ -394,6 +394,13 @@ def run_train(cfg: Config, spark: Any, workers: int | None = None, epochs: int |
         }
         fit_steps = cfg.train.logistic_steps
         epochs, refit_steps = 1, fit_steps if cfg.train.refit else 0
+        log.info(
+            "train: logistic head: %d full-batch steps of %d rows a worker (refit %d), C %g",
+            fit_steps,
+            batch,
+            refit_batch if cfg.train.refit else 0,
+            cfg.train.logistic_c,
+        )
 
     track_harmony: dict[str, np.ndarray] = {}
     if cfg.train.harmony:
