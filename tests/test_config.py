@@ -21,18 +21,19 @@ def test_local_yaml_loads_with_contract_defaults(monkeypatch):
 
 
 def test_backbone_yaml_is_the_local_default_with_the_backbone_profile(monkeypatch):
-    """conf/backbone.yaml: the pooled musicnn head (with harmony statistics) on local folders, its
-    audio fitting the backbone."""
+    """conf/backbone.yaml: the pooled musicnn head (with harmony statistics, a logistic regression)
+    on local folders, its audio fitting the backbone."""
     monkeypatch.chdir(REPO)
     local = load_config(REPO / "conf" / "local.yaml", environ={})
     cfg = load_config(REPO / "conf" / "backbone.yaml", environ={})  # validation checks the profile
     train = (cfg.train.backbone, cfg.train.head, cfg.train.pool_clips, cfg.train.refit, cfg.train.harmony)
     assert train == ("musicnn-msd", "pooled", 3, True, 48)
+    assert (cfg.train.classifier, cfg.train.logistic_c) == ("logistic", 0.1)
     assert cfg.storage.root == str(REPO / "data" / "genrecast-backbone") != local.storage.root
     assert cfg.catalogue == local.catalogue and cfg.genres == local.genres
     differ = {"storage", "audio", "train"}
     assert cfg.model_dump(exclude=differ) == local.model_dump(exclude=differ)
-    ours = {"backbone", "head", "pool_clips", "refit", "harmony"}
+    ours = {"backbone", "head", "pool_clips", "refit", "harmony", "classifier", "logistic_c"}
     assert cfg.train.model_dump(exclude=ours) == local.train.model_dump(exclude=ours)
 
 
@@ -96,6 +97,15 @@ def test_env_overrides_parse_yaml_scalars(tmp_path):
             "train: {backbone: vgg-msd, head: pooled, pool_clips: 3, finetune: 1, harmony: 12}\n",
             {},
             "key 'train.harmony': not built together with train.finetune",
+        ),
+        ("train: {classifier: logistic}\n", {}, "key 'train.classifier': logistic is only built for train.head pooled"),
+        ("train: {classifier: ridge}\n", {}, "key 'train.classifier'"),
+        ("train: {logistic_c: 0}\n", {}, "key 'train.logistic_c'"),
+        (
+            "audio: {sample_rate: 16000, n_fft: 512, hop_length: 256, n_mels: 96}\n"
+            "train: {backbone: vgg-msd, head: pooled, pool_clips: 3, finetune: 1, classifier: logistic}\n",
+            {},
+            "key 'train.classifier': logistic is not built together with train.finetune",
         ),
     ],
 )
