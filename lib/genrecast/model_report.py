@@ -30,8 +30,8 @@ class Entry:
 
 def describe(meta: dict[str, Any]) -> str:
     """A model's kind in a few words: ``scratch CNN``, ``musicnn-msd pooled, 3 clips``,
-    ``musicnn-msd pooled, 3 clips, harmony x 48``, ``musicnn-msd pooled, 3 clips, harmony x 24,
-    logistic C 10``, ``musicnn-msd pooled, 3 clips, fine-tuned depth 2`` (only when validation kept
+    ``musicnn-msd pooled, 3 clips, harmony x 48``, ``musicnn-msd pooled, 3 clips, harmony x 48,
+    logistic C 0.1``, ``musicnn-msd pooled, 3 clips, fine-tuned depth 2`` (only when validation kept
     fine-tuning)."""
     backbone = meta.get("backbone")
     if not backbone or backbone == "scratch":
