@@ -236,7 +236,7 @@ def test_pooled_head_trains_distributed_and_scores_per_track(tmp_path, spark):
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=10000, tol=1e-8))
     reference_probs = reference.fit(rows[fitted], labels[fitted]).predict_proba(rows)
     print("max |keras - sklearn| probability", np.abs(reference_probs - want_probs).max())
-    np.testing.assert_allclose(want_probs, reference_probs, atol=0.02)  # 5e-5 seen at 600 steps
+    np.testing.assert_allclose(want_probs, reference_probs, atol=0.02)  # 8e-5 seen
     # The score job reads pool_clips from model.json too: its rows are those track rows.
     assert run_score(cfg, spark, "nightly").scored == len(tracks)
     table = [Storage().read_parquet(f, ["track_id", "probabilities"]).to_pylist()
