@@ -54,6 +54,16 @@ def load_clips(cfg: Any, tracks: list[str], genres: list[str]) -> tuple[np.ndarr
     return xs, np.asarray([y for _k, _m, y in rows], np.int32), [key[0] for key, _m, _y in rows]
 
 
+def _sharded_by_us(ds: Any, prefetch: int) -> Any:
+    """``ds`` with tf.data's auto-sharding off, prefetched: sharding is ours (petastorm row
+    groups, val_shards, train_shards), tf.data must not shard again."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(prefetch)
+
+
 def _batches(
     reader: Any,
     genres: list[str],
@@ -90,10 +100,7 @@ def _batches(
     ds = ds.batch(batch, drop_remainder=True)
     if aug is not None and onehot:
         ds = ds.map(stages.batch_mixup(augment.mixup_alpha, aug[2]))
-    options = tf.data.Options()
-    # Sharding is ours (petastorm row groups, or val_shards); tf.data must not shard again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(4)
+    return _sharded_by_us(ds, prefetch=4)
 
 
 def train_dataset(cfg: Any, spec: dict[str, Any], per_replica_batch: int) -> Any:
@@ -220,10 +227,7 @@ def vector_batches(x: Any, y: np.ndarray, batch: int, seed: int | None = None) -
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if seed is not None:
         ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(batch, drop_remainder=True)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # shards are ours
-    return ds.with_options(options).prefetch(2)
+    return _sharded_by_us(ds.repeat().batch(batch, drop_remainder=True), prefetch=2)
 
 
 def full_batches(x: Any, y: np.ndarray, batch: int, weight: float) -> Any:
@@ -239,10 +243,7 @@ def full_batches(x: Any, y: np.ndarray, batch: int, weight: float) -> Any:
     pick = np.concatenate([np.arange(n), np.arange(batch - n) % n])
     rows = tuple(a[pick] for a in x) if isinstance(x, tuple) else x[pick]
     weights = np.where(np.arange(batch) < n, weight, 0.0).astype(np.float32)
-    ds = tf.data.Dataset.from_tensors((rows, y[pick], weights)).repeat()
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # shards are ours
-    return ds.with_options(options).prefetch(2)
+    return _sharded_by_us(tf.data.Dataset.from_tensors((rows, y[pick], weights)).repeat(), prefetch=2)
 
 
 def harmony_rows(stats: dict[str, list[float]], tracks: list[str]) -> np.ndarray:
@@ -331,6 +332,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         """In-memory validation rows -> a DatasetCreator function: one batch of the worker's tracks, in order."""
         return lambda _ctx: vector_batches(x, y, spec["val_batch"])
 
+    def compile_fit(net: Any, steps: int) -> Any:
+        """The model that trains (the CNN, or a pooled model's head), compiled: at
+        train.learning_rate, or for the logistic head from its rate cosine-decayed over its ``steps``."""
+        from genrecast.augment import needs_onehot
+
+        rate, decay = (LOGISTIC_LEARNING_RATE, steps) if logistic else (spec["learning_rate"], 0)
+        return compile_model(net, rate, onehot=needs_onehot(cfg.train.augment), decay_steps=decay)
+
     backbone = spec.get("backbone", "scratch")
     pooled = spec.get("head", "clip") == "pooled"
     with strategy.scope():
@@ -357,15 +366,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             net = build_backbone_model(
                 cfg.audio.n_mels, cfg.audio.clip_frames, len(spec["genres"]), backbone, spec["embedding_dim"]
             )
-        from genrecast.augment import needs_onehot
-
         # Pooled: only the nested head trains (on track rows); `model` is what is saved.
-        fit_model = compile_model(
-            pooled_parts(net)[1] if pooled else net,
-            LOGISTIC_LEARNING_RATE if logistic else spec["learning_rate"],
-            onehot=needs_onehot(cfg.train.augment),
-            decay_steps=spec["steps_per_epoch"] if logistic else 0,
-        )
+        fit_model = compile_fit(pooled_parts(net)[1] if pooled else net, spec["steps_per_epoch"])
         model = net
     initial = fit_model.get_weights() if spec.get("refit_steps") else None  # train.refit's fresh head
     feature_pass: dict[str, float] = {}
@@ -513,12 +515,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             fit_model.set_weights(initial)
             if depth:
                 upper.set_weights(upper_initial)
-            fit_model = compile_model(
-                fit_model,
-                LOGISTIC_LEARNING_RATE if logistic else spec["learning_rate"],
-                onehot=needs_onehot(cfg.train.augment),
-                decay_steps=spec["refit_steps"] if logistic else 0,
-            )
+            fit_model = compile_fit(fit_model, spec["refit_steps"])
 
         t0 = time.perf_counter()
         fit_model.fit(
